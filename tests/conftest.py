@@ -1,0 +1,53 @@
+"""Shared fixtures: the corpus, a slice of it, and one tiny model trained once per test session."""
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(ROOT))
+
+SLICE_CHARS = 60_000  # enough for a tiny model to learn words in seconds
+
+
+def find_corpus() -> Path:
+    candidates = [os.environ.get("CHARLM_TEST_CORPUS"), ROOT.parent / "shared/data/tinyshakespeare.txt",
+                  ROOT / "data/tinyshakespeare.txt"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    pytest.fail("tiny-shakespeare not found: set CHARLM_TEST_CORPUS, or run `make train` once to download it")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path() -> Path:
+    return find_corpus()
+
+
+@pytest.fixture(scope="session")
+def corpus_slice(shakespeare_path, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
+    path.write_text(shakespeare_path.read_text(encoding="utf-8")[:SLICE_CHARS], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config(corpus_slice, tmp_path_factory):
+    from training.config import PRESETS, TrainConfig
+
+    values = dataclasses.asdict(TrainConfig())
+    values.update(PRESETS["tiny"], corpus=str(corpus_slice), verbose=0,
+                  run_dir=str(tmp_path_factory.mktemp("runs") / "tiny"))
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_config):
+    """The tiny preset trained once on the slice; tests read its run directory, never retrain it."""
+    from training.train import train
+
+    summary = train(tiny_config)
+    return tiny_config, summary

@@ -1,0 +1,65 @@
+"""Presets, flags and the refusal of bad values, each naming its flag."""
+import pytest
+
+from training.config import PRESETS, ConfigError, TrainConfig, build_parser, config_from_args
+from training.train import main
+
+
+def parse(*argv):
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_presets_resolve_and_flags_override():
+    assert parse("--preset", "medium").hidden_size == 512
+    assert parse("--preset", "large").num_layers == 3 and parse("--preset", "large").dropout == 0.5
+    config = parse("--preset", "tiny", "--hidden-size", "48", "--sample-temperatures", "0.2", "0.9")
+    assert (config.hidden_size, config.num_layers, config.sample_temperatures) == (48, 1, [0.2, 0.9])
+    assert set(PRESETS) == {"tiny", "small", "medium", "large"}
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = parse("--preset", "tiny", "--dropout", "0.3")
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
+
+
+def test_help_documents_every_flag_in_groups(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for group in ("data:", "model:", "optimisation:", "checkpoints:", "output:"):
+        assert group in out
+    for flag in ("--corpus", "--seq-length", "--dropout", "--grad-clip", "--run-dir", "--resume", "--strategy"):
+        assert flag in out
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--hidden-size", "-4"], "--hidden-size"),
+    (["--num-layers", "0"], "--num-layers"),
+    (["--batch-size", "-1"], "--batch-size"),
+    (["--dropout", "1.0"], "--dropout"),
+    (["--dropout", "-0.1"], "--dropout"),
+    (["--preset", "huge"], "--preset"),
+    (["--cell", "transformer"], "--cell"),
+    (["--learning-rate", "0"], "--learning-rate"),
+    (["--val-fraction", "1.5"], "--val-fraction"),
+    (["--sample-temperatures", "0"], "--sample-temperatures"),
+])
+def test_bad_values_are_refused_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
+
+
+def test_non_numeric_value_is_refused_by_argparse(capsys):
+    with pytest.raises(SystemExit):
+        main(["--seq-length", "many"])
+    assert "--seq-length" in capsys.readouterr().err
+
+
+def test_config_error_names_flag():
+    with pytest.raises(ConfigError, match="--embedding-size"):
+        TrainConfig(embedding_size=0).validate()

@@ -1,0 +1,69 @@
+"""The character-level recurrent language model: embedding, stacked LSTM/GRU/RNN, dropout, dense head.
+
+The recurrent state is an explicit input and output of every call rather than hidden in stateful
+layers: training carries it from batch to batch (per replica under tf.distribute), export threads it
+through its signatures, and "continue a stream" or "resume tomorrow" are the same call.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from training.config import TrainConfig
+
+
+def recurrent_layer(cell: str, units: int, name: str) -> keras.layers.Layer:
+    # Defaults kept cuDNN-eligible (tanh, sigmoid, bias, no recurrent dropout, no unroll): a GPU user
+    # gets the cuDNN kernel with no change.
+    common = dict(return_sequences=True, return_state=True, name=name)
+    if cell == "lstm":
+        return keras.layers.LSTM(units, **common)
+    if cell == "gru":
+        return keras.layers.GRU(units, reset_after=True, **common)
+    return keras.layers.SimpleRNN(units, **common)
+
+
+class CharRNN(keras.Model):
+    def __init__(self, vocab_size: int, config: TrainConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.cell = config.cell
+        self.hidden_size = config.hidden_size
+        self.num_layers = config.num_layers
+        self.embedding = keras.layers.Embedding(vocab_size, config.embedding_size, name="embedding")
+        self.recurrent = [recurrent_layer(config.cell, config.hidden_size, f"{config.cell}_{i}")
+                          for i in range(config.num_layers)]
+        self.dropouts = [keras.layers.Dropout(config.dropout, seed=config.seed + i, name=f"dropout_{i}")
+                         for i in range(config.num_layers)]
+        self.head = keras.layers.Dense(vocab_size, name="head")
+        self(tf.zeros((1, 1), tf.int32), self.zero_state(1))  # create the weights now
+
+    @property
+    def states_per_layer(self) -> int:
+        return 2 if self.cell == "lstm" else 1  # LSTM carries (h, c); GRU and RNN carry h
+
+    @property
+    def state_size(self) -> int:
+        """Width of the packed state: every layer's h (and c for LSTM), side by side."""
+        return self.num_layers * self.states_per_layer * self.hidden_size
+
+    def zero_state(self, batch_size) -> list[tf.Tensor]:
+        """The state at the start of a text: a flat list, layer by layer, (h, c) for LSTM."""
+        return [tf.zeros((batch_size, self.hidden_size)) for _ in range(self.num_layers * self.states_per_layer)]
+
+    def pack_state(self, states: list[tf.Tensor]) -> tf.Tensor:
+        return tf.concat(states, axis=-1)  # (batch, state_size)
+
+    def unpack_state(self, packed: tf.Tensor) -> list[tf.Tensor]:
+        return tf.split(packed, self.num_layers * self.states_per_layer, axis=-1)  # each (batch, hidden)
+
+    def call(self, ids, states, training=False):
+        """ids (batch, time) int32 and a flat state list -> logits (batch, time, vocab) and the new states."""
+        x = self.embedding(ids)  # (batch, time, embedding)
+        k = self.states_per_layer
+        new_states = []
+        for i, (layer, dropout) in enumerate(zip(self.recurrent, self.dropouts)):
+            x, *layer_states = layer(x, initial_state=list(states[i * k:(i + 1) * k]), training=training)
+            x = dropout(x, training=training)  # (batch, time, hidden)
+            new_states.extend(layer_states)
+        return self.head(x), new_states  # (batch, time, vocab)
