@@ -5,10 +5,13 @@ PY       := $(VENV)/bin/python
 CORPUS   ?=
 PRESET   ?= small
 RUN_DIR  ?= runs/charlm
+MODEL_NAME ?= charlm
+EXPORT_DIR ?= exported_models
+SAMPLE_ARGS ?= --prime "ROMEO:" --length 1000 --temperature 0.8
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup train test bench-train clean
+.PHONY: setup train export sample test bench bench-train bench-generate clean
 
 setup: $(VENV)/.installed
 
@@ -22,13 +25,26 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 train: setup
 	$(PY) -m training.train $(if $(CORPUS),--corpus $(CORPUS)) --preset $(PRESET) --run-dir $(RUN_DIR) \
 		$(if $(wildcard $(RUN_DIR)/backup.npz),--resume) $(TRAIN_ARGS)
+	$(PY) -m training.export --run-dir $(RUN_DIR) --export-dir $(EXPORT_DIR) --model-name $(MODEL_NAME) --if-changed
+
+# A new version of RUN_DIR's best weights, whether or not they changed.
+export: setup
+	$(PY) -m training.export --run-dir $(RUN_DIR) --export-dir $(EXPORT_DIR) --model-name $(MODEL_NAME)
+
+sample: setup
+	$(PY) -m training.sample --model $(EXPORT_DIR)/$(MODEL_NAME) $(SAMPLE_ARGS)
 
 # pytest exits 5 when it collects no tests; make fails on any non-zero exit, so that is a failure too.
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: bench-train bench-generate
+
 bench-train: setup
 	$(PY) -m benchmarks.bench_train
+
+bench-generate: setup
+	$(PY) -m benchmarks.bench_generate
 
 clean:
 	rm -rf $(VENV) .pytest_cache

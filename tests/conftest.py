@@ -51,3 +51,21 @@ def trained_run(tiny_config):
 
     summary = train(tiny_config)
     return tiny_config, summary
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run, tmp_path_factory):
+    """The session's tiny run exported once: (model directory, version directory)."""
+    from training.export import export_version
+
+    config, _ = trained_run
+    export_dir = tmp_path_factory.mktemp("exported_models")
+    version = export_version(Path(config.run_dir), export_dir, "charlm")
+    return export_dir / "charlm", version
+
+
+@pytest.fixture(scope="session")
+def loaded_model(exported_model):
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(exported_model[1]))

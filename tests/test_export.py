@@ -1,0 +1,225 @@
+"""The exported SavedModel: layout, signatures, parity with the Keras model, sampling semantics."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training.config import TrainConfig
+from training.corpus import Vocab
+from training.export import MAX_CHARS_PER_CALL, export_version, main
+from training.model import CharRNN
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def generate(model, prompts, num_chars, state=None, temperature=1.0, top_k=0, top_p=1.0, seed=7):
+    b = len(prompts)
+    per_row = lambda v, dtype: tf.constant(v if isinstance(v, list) else [v] * b, dtype)
+    out = model.signatures["generate"](
+        prompt=tf.constant(prompts), state=tf.zeros([b, 0]) if state is None else state,
+        num_chars=per_row(num_chars, tf.int32), temperature=per_row(temperature, tf.float32),
+        top_k=per_row(top_k, tf.int32), top_p=per_row(top_p, tf.float32), seed=per_row(seed, tf.int64))
+    return [t.decode("utf-8") for t in out["text"].numpy()], out["state"], out["unknown_chars"].numpy()
+
+
+@pytest.fixture(scope="module")
+def keras_model(trained_run):
+    config, _ = trained_run
+    run_dir = Path(config.run_dir)
+    vocab = Vocab.load(run_dir / "vocab.json")
+    model = CharRNN(len(vocab), TrainConfig.load(run_dir / "config.json"))
+    model.load_weights(run_dir / "best.weights.h5")
+    return model, vocab
+
+
+def test_version_layout_and_metadata(exported_model, trained_run):
+    model_dir, version = exported_model
+    assert version == model_dir / "1"
+    for name in ("saved_model.pb", "variables/variables.index", "assets.extra/charlm.json",
+                 "assets.extra/tf_serving_warmup_requests"):
+        assert (version / name).is_file(), name
+    info = json.loads((version / "assets.extra/charlm.json").read_text())
+    config, summary = trained_run
+    assert info["vocab"] == list(Vocab.load(Path(config.run_dir) / "vocab.json").chars)
+    assert info["corpus_sha256"] and info["created"] and info["hidden_size"] == config.hidden_size
+    assert info["val_loss"] == pytest.approx(summary["best_val_loss"], rel=1e-6)
+    assert info["state_size"] == 2 * config.hidden_size * config.num_layers + 1
+
+
+def test_warmup_file_is_prediction_logs(exported_model):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = list(tf.data.TFRecordDataset(str(exported_model[1] / "assets.extra/tf_serving_warmup_requests")))
+    assert records
+    for record in records:
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        assert request.model_spec.signature_name == "generate"
+        assert set(request.inputs) == {"prompt", "state", "num_chars", "temperature", "top_k", "top_p", "seed"}
+
+
+def test_signature_defs_take_text_and_batch_first(loaded_model):
+    signatures = loaded_model.signatures
+    assert set(signatures) == {"generate", "score", "activations", "metadata", "serving_default"}
+    inputs = signatures["generate"].structured_input_signature[1]
+    expected = {"prompt": tf.string, "state": tf.float32, "num_chars": tf.int32, "temperature": tf.float32,
+                "top_k": tf.int32, "top_p": tf.float32, "seed": tf.int64}
+    assert {k: v.dtype for k, v in inputs.items()} == expected
+    for name, signature in signatures.items():
+        for spec in signature.structured_input_signature[1].values():
+            assert spec.shape.rank >= 1 and spec.shape[0] is None, name  # batch first, never a scalar
+    outputs = signatures["generate"].structured_outputs
+    assert outputs["text"].dtype == tf.string and outputs["state"].dtype == tf.float32
+
+
+def greedy_keras(model, vocab, prompt, n):
+    states = model.zero_state(1)
+    logits, states = model(tf.constant(vocab.encode(prompt)[None, :]), states)
+    out = []
+    for _ in range(n):
+        out.append(int(tf.argmax(logits[0, -1])))
+        logits, states = model(tf.constant([[out[-1]]]), states)
+    return vocab.decode(out)
+
+
+def test_greedy_generation_matches_keras(loaded_model, keras_model):
+    model, vocab = keras_model
+    texts, _, _ = generate(loaded_model, ["KING RICHARD:\n"], 120, top_k=1)
+    assert texts[0] == greedy_keras(model, vocab, "KING RICHARD:\n", 120)
+
+
+def test_score_matches_keras_loss(loaded_model, keras_model, corpus_slice):
+    model, vocab = keras_model
+    text = corpus_slice.read_text()[50_000:50_400]
+    ids = vocab.encode(text)
+    logits, states = model(tf.constant(ids[None, :-1]), model.zero_state(1))
+    keras_loss = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ids[None, 1:], logits)))
+    # Prime the exported model with the first character, then score the rest from that state.
+    primed = loaded_model.signatures["score"](text=tf.constant([text[0]]), state=tf.zeros([1, 0]))["state"]
+    scored = loaded_model.signatures["score"](text=tf.constant([text[1:]]), state=primed)
+    assert float(scored["bits_per_char"][0]) * math.log(2) == pytest.approx(keras_loss, abs=1e-4)
+    assert int(scored["lengths"][0]) == len(text) - 1
+
+
+def test_continuation_in_chunks_equals_one_call(loaded_model):
+    whole, _, _ = generate(loaded_model, ["ROMEO:\n"], 200, seed=42, temperature=0.9, top_p=0.95)
+    pieces, state, prompt = [], None, ["ROMEO:\n"]
+    for _ in range(4):
+        texts, state, _ = generate(loaded_model, prompt, 50, state=state, seed=42, temperature=0.9, top_p=0.95)
+        pieces.append(texts[0])
+        prompt = [""]
+    assert "".join(pieces) == whole[0] and len(whole[0]) == 200
+
+
+def test_seeded_sampling_is_reproducible_and_batch_invariant(loaded_model):
+    alone, _, _ = generate(loaded_model, ["First Citizen:\n"], 150, seed=1234, temperature=0.8)
+    again, _, _ = generate(loaded_model, ["First Citizen:\n"], 150, seed=1234, temperature=0.8)
+    assert alone == again
+    batch, _, _ = generate(loaded_model, ["MENENIUS:", "First Citizen:\n", "", "a"], [30, 150, 5, 150],
+                           seed=[1, 1234, 99, 5], temperature=[1.2, 0.8, 0.5, 1.0], top_k=[5, 0, 0, 3])
+    assert batch[1] == alone[0]
+    assert [len(t) for t in batch] == [30, 150, 5, 150]
+    other, _, _ = generate(loaded_model, ["First Citizen:\n"], 150, seed=4321, temperature=0.8)
+    assert other[0] != alone[0]
+
+
+def test_sampling_follows_the_model_distribution(loaded_model):
+    """Gumbel-max over the in-graph RNG draws characters with the softmax probabilities."""
+    n = 4000
+    texts, _, _ = generate(loaded_model, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)))
+    probs = _next_char_probs(loaded_model, "\nROMEO:\nI")
+    vocab = json.loads(loaded_model.metadata(request=tf.constant([0]))["info"][0].numpy())["vocab"]
+    counts = np.array([sum(t == c for t in texts) for c in vocab]) / n
+    assert 0.5 * np.abs(counts - probs).sum() < 0.05  # total variation distance
+
+
+def _next_char_probs(model, prompt):
+    info = json.loads(model.metadata(request=tf.constant([0]))["info"][0].numpy())
+    state = model.signatures["score"](text=tf.constant([prompt]), state=tf.zeros([1, 0]))["state"]
+    return np.array([np.exp(float(model.signatures["score"](text=tf.constant([c]), state=state)["log_probs"][0, 0]))
+                     for c in info["vocab"]])
+
+
+def test_top_k_and_top_p_limit_the_choices(loaded_model):
+    probs = _next_char_probs(loaded_model, "\nROMEO:\nI")
+    vocab = json.loads(loaded_model.metadata(request=tf.constant([0]))["info"][0].numpy())["vocab"]
+    ranked = [vocab[i] for i in np.argsort(-probs)]
+    n = 300
+    top3, _, _ = generate(loaded_model, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)), top_k=3, temperature=2.0)
+    assert set(top3) <= set(ranked[:3]) and len(set(top3)) > 1
+    nucleus = float(probs[np.argsort(-probs)][0]) * 0.99  # less than the best char's mass: only it is left
+    greedy, _, _ = generate(loaded_model, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)), top_p=nucleus)
+    assert set(greedy) == {ranked[0]}
+
+
+def test_unknown_characters_are_reported_and_empty_prompt_works(loaded_model):
+    texts, state, unknown = generate(loaded_model, ["ROMEO\u2603 says {hi}", ""], 20)
+    assert unknown[0].decode("utf-8") == "\u2603{}" and texts[0] == ""
+    assert unknown[1] == b"" and len(texts[1]) == 20
+    assert state.shape[1] > 0
+
+
+def test_bad_sampling_values_raise(loaded_model):
+    for kwargs, message in [(dict(temperature=0.0), "temperature"), (dict(top_p=1.5), "top_p"),
+                            (dict(top_k=-1), "top_k")]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            generate(loaded_model, ["a"], 5, **kwargs)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_chars"):
+        generate(loaded_model, ["a"], MAX_CHARS_PER_CALL + 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="columns"):
+        generate(loaded_model, ["a"], 5, state=tf.zeros([1, 3]))
+
+
+def test_activations_match_the_returned_state(loaded_model, trained_run):
+    config, _ = trained_run
+    acts = loaded_model.signatures["activations"](text=tf.constant(["To be, or not", "ab"]), state=tf.zeros([2, 0]))
+    batch, steps, layers, hidden = acts["cell"].shape
+    assert (batch, steps, layers, hidden) == (2, 13, config.num_layers, config.hidden_size)
+    assert list(acts["lengths"].numpy()) == [13, 2]
+    state = acts["state"].numpy()
+    np.testing.assert_allclose(acts["hidden"][0, -1, -1], state[0, -hidden * 2 - 1: -hidden - 1], atol=1e-6)
+    np.testing.assert_allclose(acts["cell"][1, 1, -1], state[1, -hidden - 1: -1], atol=1e-6)
+    for gate in ("input_gate", "forget_gate", "output_gate"):
+        assert 0.0 <= float(tf.reduce_min(acts[gate])) and float(tf.reduce_max(acts[gate])) <= 1.0
+    assert float(tf.reduce_max(tf.abs(acts["cell_candidate"]))) <= 1.0
+
+
+def test_next_versions_and_if_changed(trained_run, tmp_path):
+    config, _ = trained_run
+    first = export_version(Path(config.run_dir), tmp_path, "m")
+    second = export_version(Path(config.run_dir), tmp_path, "m", checkpoint="last")
+    same = export_version(Path(config.run_dir), tmp_path, "m", checkpoint="last", if_changed=True)
+    assert (first.name, second.name, same.name) == ("1", "2", "2")
+
+
+def test_export_cli_refuses_a_missing_run(tmp_path, capsys):
+    assert main(["--run-dir", str(tmp_path / "nothing"), "--export-dir", str(tmp_path)]) == 1
+    assert "nothing/config.json: not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--run-dir", str(tmp_path), "--model-name", "../escape"])
+    assert "--model-name" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_export_leaves_no_version(trained_run, tmp_path):
+    config, _ = trained_run
+    argv = [sys.executable, "-m", "training.export", "--run-dir", config.run_dir, "--export-dir", str(tmp_path)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "charlm").glob(".build-*/saved_model.pb")):
+        assert proc.poll() is None and time.monotonic() < deadline, "export ended before it was caught mid-build"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not [p for p in (tmp_path / "charlm").iterdir() if p.name.isdigit()]
+    version = export_version(Path(config.run_dir), tmp_path, "charlm")  # sweeps the abandoned build
+    assert version.name == "1" and [p.name for p in (tmp_path / "charlm").iterdir()] == ["1"]

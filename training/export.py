@@ -1,0 +1,400 @@
+"""Export a trained run as a self-contained SavedModel version for TensorFlow Serving, the gateway and analysis.
+
+    python -m training.export --run-dir runs/charlm [--export-dir exported_models] [--model-name charlm]
+                              [--checkpoint best|last] [--if-changed]
+
+Writes exported_models/<name>/<version>/ (TF Serving's layout, version = next integer): built under a
+hidden temporary name in the same directory and renamed into place, so a version appears whole or not at
+all. The graph holds the vocabulary (text in, text out), the sampling loop, and plain tf.Variables — no
+Keras is needed to load it. Signatures are documented in docs/model-signatures.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIGNATURES = ("generate", "score", "activations", "metadata")
+METADATA_FILE = "charlm.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+MAX_CHARS_PER_CALL = 4096  # one call's chunk; longer texts are several calls carrying the state
+
+GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
+
+
+class ExportError(ValueError):
+    pass
+
+
+def build_module(model, vocab, info: dict):
+    """A tf.Module whose tf.functions are the four signatures, holding copies of the model's weights."""
+    import tensorflow as tf
+
+    cell, hidden, layers = model.cell, model.hidden_size, model.num_layers
+    per_layer = 2 if cell == "lstm" else 1
+    state_size = layers * per_layer * hidden + 1  # + the position counter that keys the sampler's RNG
+    vocab_size = len(vocab)
+    trace_width = layers * per_layer * hidden + (layers * 4 * hidden if cell == "lstm" else 0)  # states, gates
+    string_spec = tf.TensorSpec([None], tf.string)
+    state_spec = tf.TensorSpec([None, None], tf.float32)
+
+    class CharLM(tf.Module):
+        def __init__(self):
+            super().__init__(name="charlm")
+            self.chars = tf.constant(list(vocab.chars))  # (vocab,)
+            self.char_ids = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(self.chars, tf.range(vocab_size, dtype=tf.int32)), -1)
+            self.embedding = tf.Variable(model.embedding.embeddings.numpy(), name="embedding")
+            # One matmul per layer and step: [x, h] @ [kernel; recurrent_kernel]. GRU keeps the
+            # recurrent half apart, as its reset gate scales the recurrent part of the candidate.
+            self.kernels, self.recurrent_kernels, self.biases = [], [], []
+            for layer in model.recurrent:
+                kernel, recurrent, bias = (w.numpy() for w in layer.cell.weights)
+                if cell == "gru":
+                    self.kernels.append(tf.Variable(kernel, name="kernel"))
+                    self.recurrent_kernels.append(tf.Variable(recurrent, name="recurrent_kernel"))
+                else:
+                    self.kernels.append(tf.Variable(np.concatenate([kernel, recurrent]), name="fused_kernel"))
+                self.biases.append(tf.Variable(bias, name="bias"))
+            self.head_kernel = tf.Variable(model.head.kernel.numpy(), name="head_kernel")
+            self.head_bias = tf.Variable(model.head.bias.numpy(), name="head_bias")
+            self.info = tf.constant(json.dumps(info, ensure_ascii=False))
+
+        # --- the recurrence, one character at a time -------------------------------------------------
+        def unpack(self, state):
+            """(batch, state_size) or (batch, 0) -> per-layer states and the position (batch,)."""
+            batch = tf.shape(state)[0]
+            check = tf.debugging.assert_equal(
+                tf.logical_or(tf.shape(state)[1] == 0, tf.shape(state)[1] == state_size), True,
+                message=f"state must have {state_size} columns (or 0 for a fresh start)")
+            with tf.control_dependencies([check]):
+                state = tf.identity(state)
+            state = tf.cond(tf.shape(state)[1] == 0, lambda: tf.zeros([batch, state_size]), lambda: state)
+            state = tf.ensure_shape(state, [None, state_size])
+            parts = tf.split(state[:, :-1], layers * per_layer, axis=1)  # each (batch, hidden)
+            return parts, state[:, -1]
+
+        def pack(self, parts, position):
+            return tf.concat(parts + [position[:, None]], axis=1)  # (batch, state_size)
+
+        def step(self, ids, parts):
+            """Consume ids (batch,) -> new per-layer states, and gates (batch, layers, 4*hidden) for LSTM."""
+            x = tf.gather(self.embedding, ids)  # (batch, embedding)
+            new_parts, gates = [], []
+            for i in range(layers):
+                if cell == "lstm":
+                    h, c = parts[2 * i], parts[2 * i + 1]
+                    z = tf.matmul(tf.concat([x, h], 1), self.kernels[i]) + self.biases[i]  # (batch, 4*hidden)
+                    zi, zf, zg, zo = tf.split(z, 4, axis=1)  # Keras' gate order: i, f, c, o
+                    gi, gf, gg, go = tf.sigmoid(zi), tf.sigmoid(zf), tf.tanh(zg), tf.sigmoid(zo)
+                    c = gf * c + gi * gg
+                    x = go * tf.tanh(c)
+                    new_parts += [x, c]
+                    gates.append(tf.concat([gi, gf, gg, go], 1))
+                elif cell == "gru":
+                    h = parts[i]
+                    xz, xr, xh = tf.split(tf.matmul(x, self.kernels[i]) + self.biases[i][0], 3, axis=1)
+                    hz, hr, hh = tf.split(tf.matmul(h, self.recurrent_kernels[i]) + self.biases[i][1], 3, axis=1)
+                    z, r = tf.sigmoid(xz + hz), tf.sigmoid(xr + hr)
+                    x = z * h + (1.0 - z) * tf.tanh(xh + r * hh)
+                    new_parts.append(x)
+                else:
+                    x = tf.tanh(tf.matmul(tf.concat([x, parts[i]], 1), self.kernels[i]) + self.biases[i])
+                    new_parts.append(x)
+            return new_parts, gates
+
+        def logits(self, parts):
+            """The next-character logits are a function of the state alone: the top layer's h."""
+            top_h = parts[-2] if cell == "lstm" else parts[-1]
+            return tf.matmul(top_h, self.head_kernel) + self.head_bias  # (batch, vocab)
+
+        def encode(self, text):
+            """text (batch,) -> ids (batch, time) padded with -1, lengths (batch,), unknown characters."""
+            chars = tf.strings.unicode_split(text, "UTF-8")  # ragged (batch, time)
+            ids = tf.ragged.map_flat_values(self.char_ids.lookup, chars)
+            unknown = tf.strings.reduce_join(tf.ragged.boolean_mask(chars, ids < 0), axis=1)
+            return ids.to_tensor(-1), tf.cast(ids.row_lengths(), tf.int32), unknown
+
+        def consume(self, ids, lengths, parts, position, collect=False):
+            """Run the text through the recurrence; rows stop at their own length."""
+            batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
+            # One spare row at the end, so stacking works when the text is empty (size 0 cannot stack).
+            log_probs = tf.TensorArray(tf.float32, size=steps + 1)
+            trace = tf.TensorArray(tf.float32, size=steps + 1 if collect else 0)
+            for t in tf.range(steps):
+                active = t < lengths  # (batch,)
+                ids_t = tf.maximum(ids[:, t], 0)
+                log_probs = log_probs.write(t, tf.gather(tf.nn.log_softmax(self.logits(parts)), ids_t,
+                                                         batch_dims=1))
+                new_parts, gates = self.step(ids_t, parts)
+                if collect:
+                    trace = trace.write(t, tf.concat(new_parts + gates, axis=1))
+                parts = [tf.where(active[:, None], n, o) for n, o in zip(new_parts, parts)]
+                position = tf.where(active, position + 1.0, position)
+            log_probs = log_probs.write(steps, tf.zeros([batch]))
+            mask = tf.sequence_mask(lengths, steps)
+            log_probs = tf.where(mask, tf.transpose(log_probs.stack()[:steps]), 0.0)  # (batch, time)
+            if not collect:
+                return parts, position, log_probs, None
+            trace = trace.write(steps, tf.zeros([batch, trace_width]))
+            return parts, position, log_probs, trace.stack()[:steps]  # (time, batch, features)
+
+        # --- sampling ------------------------------------------------------------------------------
+        def gumbel(self, seed, position):
+            """Gumbel noise (batch, vocab) keyed by (seed, position) alone: a row's draws never depend on
+            its batch-mates, and a continued stream draws what one long call would have drawn."""
+            key = mix(tf.bitcast(seed, tf.uint64) ^ mix(tf.cast(position, tf.uint64) + tf.constant(GOLDEN, tf.uint64)))
+            j = tf.cast(tf.range(1, vocab_size + 1), tf.uint64) * tf.constant(GOLDEN, tf.uint64)  # (vocab,)
+            bits = mix(key[:, None] + j[None, :])  # (batch, vocab)
+            u = (tf.cast(tf.bitwise.right_shift(bits, tf.constant(11, tf.uint64)), tf.float64) + 0.5) / float(1 << 53)  # (0, 1), never 0 or 1
+            return tf.cast(-tf.math.log(-tf.math.log(u)), tf.float32)
+
+        def sample(self, logits, temperature, top_k, top_p, seed, position):
+            logits = logits / temperature[:, None]
+            ranked = tf.sort(logits, direction="DESCENDING")  # (batch, vocab)
+            kth = tf.gather(ranked, tf.clip_by_value(top_k - 1, 0, vocab_size - 1), batch_dims=1)
+            floor = tf.where(top_k > 0, kth, -np.inf)
+            probs = tf.nn.softmax(tf.where(ranked >= floor[:, None], ranked, -np.inf))
+            before = tf.cumsum(probs, axis=1, exclusive=True)  # mass of the better-ranked characters
+            nucleus = tf.reduce_min(tf.where(before < top_p[:, None], ranked, np.inf), axis=1)
+            floor = tf.maximum(floor, nucleus)
+            kept = tf.where(logits >= floor[:, None], logits, -np.inf)
+            return tf.argmax(kept + self.gumbel(seed, position), axis=1, output_type=tf.int32)
+
+        # --- the signatures ----------------------------------------------------------------------------
+        @tf.function(input_signature=[string_spec, state_spec, tf.TensorSpec([None], tf.int32),
+                                      tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.int32),
+                                      tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.int64)])
+        def generate(self, prompt, state, num_chars, temperature, top_k, top_p, seed):
+            tf.debugging.assert_positive(temperature, message="temperature must be > 0")
+            tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = off)")
+            tf.debugging.assert_positive(top_p, message="top_p must be in (0, 1]")
+            tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]")
+            tf.debugging.assert_non_negative(num_chars, message="num_chars must be >= 0")
+            tf.debugging.assert_less_equal(num_chars, MAX_CHARS_PER_CALL,
+                                           message=f"num_chars must be <= {MAX_CHARS_PER_CALL} per call")
+            ids, lengths, unknown = self.encode(prompt)
+            usable = tf.strings.length(unknown) == 0  # a row with unknown characters generates nothing
+            parts, position = self.unpack(state)
+            parts, position, _, _ = self.consume(ids, tf.where(usable, lengths, 0), parts, position)
+            num_chars = tf.where(usable, num_chars, 0)
+            longest = tf.reduce_max(tf.concat([num_chars, [0]], 0))
+            out = tf.TensorArray(tf.int32, size=longest + 1)  # a spare row: stacking size 0 fails
+            for i in tf.range(longest):
+                active = i < num_chars
+                next_ids = self.sample(self.logits(parts), temperature, top_k, top_p, seed, position)
+                new_parts, _ = self.step(next_ids, parts)
+                parts = [tf.where(active[:, None], n, o) for n, o in zip(new_parts, parts)]
+                position = tf.where(active, position + 1.0, position)
+                out = out.write(i, tf.where(active, next_ids, -1))
+            out = out.write(longest, -tf.ones_like(num_chars))
+            generated = tf.transpose(out.stack())  # (batch, chars + 1), -1 where nothing was generated
+            chars = tf.gather(self.chars, tf.maximum(generated, 0))
+            text = tf.strings.reduce_join(tf.where(generated >= 0, chars, ""), axis=1)
+            return {"text": text, "state": self.pack(parts, position), "unknown_chars": unknown}
+
+        @tf.function(input_signature=[string_spec, state_spec])
+        def score(self, text, state):
+            ids, lengths, unknown = self.encode(text)
+            usable = tf.strings.length(unknown) == 0
+            parts, position = self.unpack(state)
+            parts, position, log_probs, _ = self.consume(ids, tf.where(usable, lengths, 0), parts, position)
+            counted = tf.maximum(tf.where(usable, lengths, 0), 1)
+            bits = -tf.reduce_sum(log_probs, axis=1) / tf.cast(counted, tf.float32) / float(np.log(2.0))
+            return {"log_probs": log_probs, "lengths": lengths, "bits_per_char": bits,
+                    "state": self.pack(parts, position), "unknown_chars": unknown}
+
+        @tf.function(input_signature=[string_spec, state_spec])
+        def activations(self, text, state):
+            ids, lengths, unknown = self.encode(text)
+            usable = tf.strings.length(unknown) == 0
+            parts, position = self.unpack(state)
+            parts, position, _, trace = self.consume(ids, tf.where(usable, lengths, 0), parts, position,
+                                                     collect=True)
+            trace = tf.transpose(trace, [1, 0, 2])  # (batch, time, layers * (per_layer + 4 if lstm) * hidden)
+            steps = tf.shape(trace)[1]
+            batch = tf.shape(trace)[0]
+            states = tf.reshape(trace[:, :, : layers * per_layer * hidden], [batch, steps, layers, per_layer, hidden])
+            result = {"hidden": states[:, :, :, 0], "lengths": lengths, "unknown_chars": unknown,
+                      "state": self.pack(parts, position)}
+            if cell == "lstm":
+                gates = tf.reshape(trace[:, :, layers * per_layer * hidden:], [batch, steps, layers, 4, hidden])
+                result.update(cell=states[:, :, :, 1], input_gate=gates[:, :, :, 0], forget_gate=gates[:, :, :, 1],
+                              cell_candidate=gates[:, :, :, 2], output_gate=gates[:, :, :, 3])
+            return result
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
+        def metadata(self, request):
+            batch = tf.shape(request)[0]
+            return {"vocab": tf.tile(self.chars[None, :], [batch, 1]), "info": tf.fill([batch], self.info),
+                    "state_size": tf.fill([batch], state_size)}
+
+    return CharLM()
+
+
+def mix(x):
+    """splitmix64's finaliser on uint64 tensors: a counter in, 64 well-mixed bits out."""
+    import tensorflow as tf
+
+    def shift(x, n):
+        return tf.bitwise.right_shift(x, tf.constant(n, tf.uint64))
+
+    x = (x ^ shift(x, 30)) * tf.constant(0xBF58476D1CE4E5B9, tf.uint64)
+    x = (x ^ shift(x, 27)) * tf.constant(0x94D049BB133111EB, tf.uint64)
+    return x ^ shift(x, 31)
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.exists() else []
+    return max(versions, default=0) + 1
+
+
+def newest_version(model_dir: Path) -> Path | None:
+    versions = sorted((int(p.name), p) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) \
+        if model_dir.exists() else []
+    return versions[-1][1] if versions else None
+
+
+def remove_abandoned_builds(model_dir: Path) -> None:
+    """A killed export leaves .build-<pid>-* behind, never a version; sweep those whose process is gone."""
+    for build in model_dir.glob(".build-*"):
+        pid = int(build.name.split("-")[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(build, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_warmup(path: Path, model_name: str) -> None:
+    """TF Serving replays these PredictionLogs at load (--enable_model_warmup) so no user pays for tracing."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for batch in (1, 8):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="generate"))
+            inputs = {"prompt": tf.constant(["\n"] * batch), "state": tf.zeros([batch, 0]),
+                      "num_chars": tf.fill([batch], 8), "temperature": tf.ones([batch]),
+                      "top_k": tf.zeros([batch], tf.int32), "top_p": tf.ones([batch]),
+                      "seed": tf.range(batch, dtype=tf.int64)}
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def export_version(run_dir: Path, export_dir: Path = Path("exported_models"), model_name: str = "charlm",
+                   checkpoint: str = "best", if_changed: bool = False) -> Path:
+    """Export the run's checkpoint as the next version; returns the version directory."""
+    import tensorflow as tf
+
+    from training.config import TrainConfig
+    from training.corpus import Vocab
+    from training.model import CharRNN
+
+    run_dir = Path(run_dir)
+    weights = run_dir / f"{checkpoint}.weights.h5"
+    for needed in (run_dir / "config.json", run_dir / "vocab.json", weights):
+        if not needed.is_file():
+            raise ExportError(f"{needed}: not found; is {run_dir} a finished training run? "
+                              f"(--checkpoint {checkpoint})")
+    config = TrainConfig.load(run_dir / "config.json")
+    vocab = Vocab.load(run_dir / "vocab.json")
+    weights_sha256 = file_sha256(weights)
+    model_dir = Path(export_dir) / model_name
+    newest = newest_version(model_dir)
+    if if_changed and newest is not None:
+        previous = json.loads((newest / "assets.extra" / METADATA_FILE).read_text())
+        if previous.get("source", {}).get("weights_sha256") == weights_sha256:
+            print(f"{newest} already holds {weights}; nothing to export")
+            return newest
+
+    model = CharRNN(len(vocab), config)
+    model.load_weights(weights)
+    corpus = json.loads((run_dir / "corpus.json").read_text()) if (run_dir / "corpus.json").exists() else {}
+    best_val = None
+    if (run_dir / "history.csv").exists():
+        import csv
+
+        losses = [float(r["val_loss"]) for r in csv.DictReader(open(run_dir / "history.csv"))]
+        best_val = min(losses) if checkpoint == "best" and losses else (losses[-1] if losses else None)
+    per_layer = 2 if config.cell == "lstm" else 1
+    info = {
+        "model_name": model_name, "vocab": list(vocab.chars), "vocab_size": len(vocab),
+        "cell": config.cell, "num_layers": config.num_layers, "hidden_size": config.hidden_size,
+        "embedding_size": config.embedding_size,
+        "state_size": config.num_layers * per_layer * config.hidden_size + 1,
+        "state_layout": f"per layer {'h, c' if per_layer == 2 else 'h'} ({config.hidden_size} each), then the "
+                        "position (characters consumed), which keys the sampler",
+        "max_chars_per_call": MAX_CHARS_PER_CALL, "signatures": list(SIGNATURES),
+        "corpus_sha256": corpus.get("sha256"), "corpus_chars": corpus.get("chars"),
+        "val_loss": best_val, "val_bpc": best_val / np.log(2) if best_val is not None else None,
+        "config": json.loads((run_dir / "config.json").read_text()),
+        "source": {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint, "weights_sha256": weights_sha256},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tensorflow": tf.__version__,
+    }
+    module = build_module(model, vocab, info)
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_builds(model_dir)
+    build = model_dir / f".build-{os.getpid()}-{time.time_ns()}"
+    try:
+        signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
+        signatures["serving_default"] = signatures["generate"]
+        tf.saved_model.save(module, str(build), signatures=signatures)
+        extra = build / "assets.extra"
+        extra.mkdir()
+        (extra / METADATA_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        write_warmup(extra / WARMUP_FILE, model_name)
+        while True:  # another export may take the same number between our look and our rename
+            version = model_dir / str(next_version(model_dir))
+            try:
+                os.rename(build, version)
+                break
+            except OSError:
+                if not version.exists():
+                    raise
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return version
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", required=True, help="the training run to export")
+    parser.add_argument("--export-dir", default="exported_models", help="root of the model directories")
+    parser.add_argument("--model-name", default="charlm", help="the model's name (a directory under --export-dir)")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="best validation loss, or the final weights")
+    parser.add_argument("--if-changed", action="store_true",
+                        help="do nothing if the newest version was exported from the same weights")
+    args = parser.parse_args(argv)
+    if not args.model_name or "/" in args.model_name or args.model_name.startswith("."):
+        parser.error(f"--model-name must be a plain directory name, got {args.model_name!r}")
+    try:
+        version = export_version(Path(args.run_dir), Path(args.export_dir), args.model_name, args.checkpoint,
+                                 args.if_changed)
+    except ExportError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    print(version)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
