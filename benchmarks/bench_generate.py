@@ -1,0 +1,132 @@
+"""Characters per second of the exported `generate` signature, in-process, for the 2x512 shape.
+
+    python -m benchmarks.bench_generate [--hidden 512 --layers 2 --chars 2000 --batch 64]
+
+Exports a model of the shape (random weights: the same work as trained ones), then times one stream and a
+batch of streams, and the machine's memory bandwidth beside them: at batch 1 every character reads every
+weight once, so bandwidth / weight bytes is the ceiling a single stream can reach. Prints one JSON line
+per measurement and appends them to docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def memory_bandwidth_gb_s() -> float:
+    """Read bandwidth of a 512 MB array summed with numpy, best of 5: the roof for batch-1 decoding."""
+    import numpy as np
+
+    a = np.ones(128 * 1024 * 1024, dtype=np.float32)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        a.sum()
+        best = max(best, a.nbytes / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def export_random_model(hidden: int, layers: int, embedding: int, vocab_size: int, out: Path) -> Path:
+    from training.config import TrainConfig
+    from training.corpus import Vocab
+    from training.export import SIGNATURES, build_module
+
+    import tensorflow as tf
+
+    from training.model import CharRNN
+
+    config = TrainConfig(hidden_size=hidden, num_layers=layers, embedding_size=embedding, dropout=0.0)
+    vocab = Vocab(tuple(chr(32 + i) for i in range(vocab_size)))
+    model = CharRNN(vocab_size, config)
+    module = build_module(model, vocab, {"benchmark": True})
+    signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
+    tf.saved_model.save(module, str(out), signatures=signatures)
+    return out
+
+
+def time_generate(generate, batch: int, chars: int, repeats: int) -> float:
+    import tensorflow as tf
+
+    args = dict(prompt=tf.constant([" "] * batch), state=tf.zeros([batch, 0]),
+                num_chars=tf.fill([batch], chars), temperature=tf.fill([batch], 1.0),
+                top_k=tf.zeros([batch], tf.int32), top_p=tf.fill([batch], 0.95),
+                seed=tf.range(batch, dtype=tf.int64))
+    generate(**{**args, "num_chars": tf.fill([batch], 8)})  # warm-up
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        texts = generate(**args)["text"].numpy()
+        elapsed = time.perf_counter() - t
+        assert all(len(text.decode("utf-8")) == chars for text in texts), "generated fewer characters than asked"
+        rates.append(batch * chars / elapsed)
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--embedding", type=int, default=64)
+    parser.add_argument("--vocab", type=int, default=65)
+    parser.add_argument("--chars", type=int, default=2000, help="characters per stream per timed call")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-record", action="store_true", help="do not append to docs/results.md")
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        version = export_random_model(args.hidden, args.layers, args.embedding, args.vocab, Path(tmp) / "1")
+        generate = tf.saved_model.load(str(version)).signatures["generate"]
+        weight_bytes = 4 * ((args.embedding + args.hidden) * 4 * args.hidden
+                           + (args.layers - 1) * 2 * args.hidden * 4 * args.hidden + args.hidden * args.vocab)
+        bandwidth = memory_bandwidth_gb_s()
+        single = time_generate(generate, 1, args.chars, args.repeats)
+        batched = time_generate(generate, args.batch, max(200, args.chars // 4), args.repeats)
+    shape = dict(hidden=args.hidden, layers=args.layers, embedding=args.embedding, vocab=args.vocab)
+    ceiling = bandwidth * 1e9 / weight_bytes
+    lines = [
+        {"impl": "charlm-generate", "batch": 1, "chars_per_s": round(single), **shape},
+        {"impl": "charlm-generate", "batch": args.batch, "chars_per_s": round(batched), **shape},
+        {"memory_bandwidth_gb_s": round(bandwidth, 1), "weight_mb_per_char": round(weight_bytes / 1e6, 2),
+         "batch1_ceiling_chars_per_s": round(ceiling), "batch1_fraction_of_ceiling": round(single / ceiling, 3)},
+    ]
+    for line in lines:
+        print(json.dumps(line), flush=True)
+    if not args.no_record:
+        RESULTS.parent.mkdir(exist_ok=True)
+        with open(RESULTS, "a") as f:
+            f.write(f"\n### Generation throughput, {time.strftime('%Y-%m-%d')}\n\n"
+                    f"`make bench-generate` (`python -m benchmarks.bench_generate`), {machine()}, "
+                    f"TensorFlow {tf.__version__}, in-process SavedModel `generate`, "
+                    f"{args.layers}x{args.hidden} LSTM, top_p 0.95.\n\n"
+                    f"| measurement | chars/s |\n| --- | --- |\n"
+                    f"| one stream | {round(single):,} |\n| batch {args.batch}, aggregate | {round(batched):,} |\n"
+                    f"| one-stream ceiling: {bandwidth:.1f} GB/s memory read / {weight_bytes / 1e6:.1f} MB "
+                    f"of weights per character | {round(ceiling):,} |\n\n"
+                    f"One stream runs at {single / ceiling:.0%} of the memory-bandwidth ceiling.\n")
+
+
+if __name__ == "__main__":
+    main()
