@@ -127,12 +127,16 @@ def test_seeded_sampling_is_reproducible_and_batch_invariant(loaded_model):
                            seed=[1, 1234, 99, 5], temperature=[1.2, 0.8, 0.5, 1.0], top_k=[5, 0, 0, 3])
     assert batch[1] == alone[0]
     assert [len(t) for t in batch] == [30, 150, 5, 150]
+    # Past FUSED_CELL_MAX_BATCH rows the graph takes its other LSTM path; the text must not change.
+    wide, _, _ = generate(loaded_model, ["a", "b", "c", "d", "e", "First Citizen:\n", "f"], 150,
+                          seed=[3, 4, 5, 6, 7, 1234, 8], temperature=0.8)
+    assert wide[5] == alone[0]
     other, _, _ = generate(loaded_model, ["First Citizen:\n"], 150, seed=4321, temperature=0.8)
     assert other[0] != alone[0]
 
 
 def test_sampling_follows_the_model_distribution(loaded_model):
-    """Gumbel-max over the in-graph RNG draws characters with the softmax probabilities."""
+    """The in-graph sampler draws characters with the softmax probabilities."""
     n = 4000
     texts, _, _ = generate(loaded_model, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)))
     probs = _next_char_probs(loaded_model, "\nROMEO:\nI")

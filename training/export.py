@@ -25,6 +25,7 @@ SIGNATURES = ("generate", "score", "activations", "metadata")
 METADATA_FILE = "charlm.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_CHARS_PER_CALL = 4096  # one call's chunk; longer texts are several calls carrying the state
+FUSED_CELL_MAX_BATCH = 4  # up to this many rows, one LSTMBlockCell op per layer beats separate ops
 
 GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
 
@@ -57,6 +58,8 @@ def build_module(model, vocab, info: dict):
             self.kernels, self.recurrent_kernels, self.biases = [], [], []
             for layer in model.recurrent:
                 kernel, recurrent, bias = (w.numpy() for w in layer.cell.weights)
+                if cell == "lstm":
+                    kernel, recurrent, bias = map(block_cell_gate_order, (kernel, recurrent, bias))
                 if cell == "gru":
                     self.kernels.append(tf.Variable(kernel, name="kernel"))
                     self.recurrent_kernels.append(tf.Variable(recurrent, name="recurrent_kernel"))
@@ -84,15 +87,27 @@ def build_module(model, vocab, info: dict):
         def pack(self, parts, position):
             return tf.concat(parts + [position[:, None]], axis=1)  # (batch, state_size)
 
-        def step(self, ids, parts):
-            """Consume ids (batch,) -> new per-layer states, and gates (batch, layers, 4*hidden) for LSTM."""
+        def step(self, ids, parts, fused_cell=False):
+            """Consume ids (batch,) -> new per-layer states, and gates (batch, layers, 4*hidden) for LSTM.
+
+            fused_cell runs each LSTM layer as one LSTMBlockCell op: far fewer ops per character, which is
+            what a single stream pays for; separate ops let oneDNN's matmul run large batches faster.
+            """
             x = tf.gather(self.embedding, ids)  # (batch, embedding)
             new_parts, gates = [], []
             for i in range(layers):
-                if cell == "lstm":
+                if cell == "lstm" and fused_cell:
+                    h, c = parts[2 * i], parts[2 * i + 1]
+                    no_peephole = tf.zeros([hidden])
+                    gi, c, gf, go, gg, _, x = tf.raw_ops.LSTMBlockCell(
+                        x=x, cs_prev=c, h_prev=h, w=self.kernels[i], wci=no_peephole, wcf=no_peephole,
+                        wco=no_peephole, b=self.biases[i], forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
+                    new_parts += [x, c]
+                    gates.append(tf.concat([gi, gf, gg, go], 1))
+                elif cell == "lstm":
                     h, c = parts[2 * i], parts[2 * i + 1]
                     z = tf.matmul(tf.concat([x, h], 1), self.kernels[i]) + self.biases[i]  # (batch, 4*hidden)
-                    zi, zf, zg, zo = tf.split(z, 4, axis=1)  # Keras' gate order: i, f, c, o
+                    zi, zg, zf, zo = tf.split(z, 4, axis=1)  # i, c, f, o
                     gi, gf, gg, go = tf.sigmoid(zi), tf.sigmoid(zf), tf.tanh(zg), tf.sigmoid(zo)
                     c = gf * c + gi * gg
                     x = go * tf.tanh(c)
@@ -122,7 +137,7 @@ def build_module(model, vocab, info: dict):
             unknown = tf.strings.reduce_join(tf.ragged.boolean_mask(chars, ids < 0), axis=1)
             return ids.to_tensor(-1), tf.cast(ids.row_lengths(), tf.int32), unknown
 
-        def consume(self, ids, lengths, parts, position, collect=False):
+        def consume(self, ids, lengths, parts, position, collect=False, fused_cell=False):
             """Run the text through the recurrence; rows stop at their own length."""
             batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
             # One spare row at the end, so stacking works when the text is empty (size 0 cannot stack).
@@ -133,7 +148,7 @@ def build_module(model, vocab, info: dict):
                 ids_t = tf.maximum(ids[:, t], 0)
                 log_probs = log_probs.write(t, tf.gather(tf.nn.log_softmax(self.logits(parts)), ids_t,
                                                          batch_dims=1))
-                new_parts, gates = self.step(ids_t, parts)
+                new_parts, gates = self.step(ids_t, parts, fused_cell)
                 if collect:
                     trace = trace.write(t, tf.concat(new_parts + gates, axis=1))
                 parts = [tf.where(active[:, None], n, o) for n, o in zip(new_parts, parts)]
@@ -147,17 +162,19 @@ def build_module(model, vocab, info: dict):
             return parts, position, log_probs, trace.stack()[:steps]  # (time, batch, features)
 
         # --- sampling ------------------------------------------------------------------------------
-        def gumbel(self, seed, position):
-            """Gumbel noise (batch, vocab) keyed by (seed, position) alone: a row's draws never depend on
-            its batch-mates, and a continued stream draws what one long call would have drawn."""
-            key = mix(tf.bitcast(seed, tf.uint64) ^ mix(tf.cast(position, tf.uint64) + tf.constant(GOLDEN, tf.uint64)))
-            j = tf.cast(tf.range(1, vocab_size + 1), tf.uint64) * tf.constant(GOLDEN, tf.uint64)  # (vocab,)
-            bits = mix(key[:, None] + j[None, :])  # (batch, vocab)
-            u = (tf.cast(tf.bitwise.right_shift(bits, tf.constant(11, tf.uint64)), tf.float64) + 0.5) / float(1 << 53)  # (0, 1), never 0 or 1
-            return tf.cast(-tf.math.log(-tf.math.log(u)), tf.float32)
+        def draw(self, logits, seed, position):
+            """Inverse-CDF sampling with one uniform number per row: splitmix64's output number `position`
+            for the stream `seed`. A row's draws never depend on its batch-mates, and a continued stream
+            draws what one long call would have drawn."""
+            counter = tf.bitcast(seed, tf.uint64) + (tf.cast(position, tf.uint64) + 1) * tf.constant(GOLDEN, tf.uint64)
+            top24 = tf.bitwise.right_shift(mix(counter), tf.constant(40, tf.uint64))
+            u = (tf.cast(top24, tf.float32) + 0.5) * (1.0 / (1 << 24))  # (batch,) in (0, 1)
+            cdf = tf.cumsum(tf.nn.softmax(logits), axis=1)  # (batch, vocab)
+            below = tf.cast(cdf < u[:, None] * cdf[:, -1:], tf.int32)
+            return tf.minimum(tf.reduce_sum(below, axis=1), vocab_size - 1)  # the first index reaching u
 
-        def sample(self, logits, temperature, top_k, top_p, seed, position):
-            logits = logits / temperature[:, None]
+        def top_k_top_p(self, logits, top_k, top_p):
+            """Leave the k likeliest characters, then the likeliest whose mass reaches p; the rest -inf."""
             ranked = tf.sort(logits, direction="DESCENDING")  # (batch, vocab)
             kth = tf.gather(ranked, tf.clip_by_value(top_k - 1, 0, vocab_size - 1), batch_dims=1)
             floor = tf.where(top_k > 0, kth, -np.inf)
@@ -165,8 +182,7 @@ def build_module(model, vocab, info: dict):
             before = tf.cumsum(probs, axis=1, exclusive=True)  # mass of the better-ranked characters
             nucleus = tf.reduce_min(tf.where(before < top_p[:, None], ranked, np.inf), axis=1)
             floor = tf.maximum(floor, nucleus)
-            kept = tf.where(logits >= floor[:, None], logits, -np.inf)
-            return tf.argmax(kept + self.gumbel(seed, position), axis=1, output_type=tf.int32)
+            return tf.where(logits >= floor[:, None], logits, -np.inf)
 
         # --- the signatures ----------------------------------------------------------------------------
         @tf.function(input_signature=[string_spec, state_spec, tf.TensorSpec([None], tf.int32),
@@ -183,22 +199,36 @@ def build_module(model, vocab, info: dict):
             ids, lengths, unknown = self.encode(prompt)
             usable = tf.strings.length(unknown) == 0  # a row with unknown characters generates nothing
             parts, position = self.unpack(state)
-            parts, position, _, _ = self.consume(ids, tf.where(usable, lengths, 0), parts, position)
-            num_chars = tf.where(usable, num_chars, 0)
+            lengths, num_chars = tf.where(usable, lengths, 0), tf.where(usable, num_chars, 0)
+            args = (ids, lengths, parts, position, num_chars, temperature, top_k, top_p, seed)
+            # Choose the loop once per call, not per character: conds inside the loop cost every step.
+            small = tf.shape(prompt)[0] <= FUSED_CELL_MAX_BATCH
+            filtered = tf.reduce_any(top_k > 0) | tf.reduce_any(top_p < 1.0)
+            generated, parts, position = tf.switch_case(
+                tf.cast(small, tf.int32) * 2 + tf.cast(filtered, tf.int32),
+                [lambda fused=fused, filt=filt: self.prime_and_sample(*args, fused_cell=fused, filtered=filt)
+                 for fused in (False, True) for filt in (False, True)])
+            chars = tf.gather(self.chars, tf.maximum(generated, 0))
+            text = tf.strings.reduce_join(tf.where(generated >= 0, chars, ""), axis=1)
+            return {"text": text, "state": self.pack(parts, position), "unknown_chars": unknown}
+
+        def prime_and_sample(self, ids, lengths, parts, position, num_chars, temperature, top_k, top_p, seed,
+                             fused_cell, filtered):
+            parts, position, _, _ = self.consume(ids, lengths, parts, position, fused_cell=fused_cell)
             longest = tf.reduce_max(tf.concat([num_chars, [0]], 0))
             out = tf.TensorArray(tf.int32, size=longest + 1)  # a spare row: stacking size 0 fails
             for i in tf.range(longest):
                 active = i < num_chars
-                next_ids = self.sample(self.logits(parts), temperature, top_k, top_p, seed, position)
-                new_parts, _ = self.step(next_ids, parts)
+                logits = self.logits(parts) / temperature[:, None]
+                if filtered:
+                    logits = self.top_k_top_p(logits, top_k, top_p)
+                next_ids = self.draw(logits, seed, position)
+                new_parts, _ = self.step(next_ids, parts, fused_cell)
                 parts = [tf.where(active[:, None], n, o) for n, o in zip(new_parts, parts)]
                 position = tf.where(active, position + 1.0, position)
                 out = out.write(i, tf.where(active, next_ids, -1))
             out = out.write(longest, -tf.ones_like(num_chars))
-            generated = tf.transpose(out.stack())  # (batch, chars + 1), -1 where nothing was generated
-            chars = tf.gather(self.chars, tf.maximum(generated, 0))
-            text = tf.strings.reduce_join(tf.where(generated >= 0, chars, ""), axis=1)
-            return {"text": text, "state": self.pack(parts, position), "unknown_chars": unknown}
+            return tf.transpose(out.stack()), parts, position  # (batch, chars + 1), -1 where none generated
 
         @tf.function(input_signature=[string_spec, state_spec])
         def score(self, text, state):
@@ -237,6 +267,12 @@ def build_module(model, vocab, info: dict):
                     "state_size": tf.fill([batch], state_size)}
 
     return CharLM()
+
+
+def block_cell_gate_order(w: np.ndarray) -> np.ndarray:
+    """Keras keeps an LSTM's gates as i, f, c, o along the last axis; TF's LSTMBlockCell wants i, c, f, o."""
+    i, f, c, o = np.split(w, 4, axis=-1)
+    return np.concatenate([i, c, f, o], axis=-1)
 
 
 def mix(x):
