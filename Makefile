@@ -11,7 +11,7 @@ SAMPLE_ARGS ?= --prime "ROMEO:" --length 1000 --temperature 0.8
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup train export sample test bench bench-train bench-generate clean
+.PHONY: setup train export sample test bench bench-train bench-generate bench-serve serve report clean
 
 setup: $(VENV)/.installed
 
@@ -38,7 +38,7 @@ sample: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: bench-train bench-generate
+bench: bench-train bench-generate bench-serve
 
 bench-train: setup
 	$(PY) -m benchmarks.bench_train
@@ -46,5 +46,22 @@ bench-train: setup
 bench-generate: setup
 	$(PY) -m benchmarks.bench_generate
 
+bench-serve: setup
+	$(PY) -m benchmarks.bench_serve
+
+# The gateway on 127.0.0.1:8000 (or $$PORT on all interfaces), serving the newest version in CHARLM_MODEL_DIR
+# and picking up newer ones; other CHARLM_* settings come from the environment (docs/serving.md).
+CHARLM_MODEL_DIR ?= $(EXPORT_DIR)/$(MODEL_NAME)
+serve: setup
+	CHARLM_MODEL_DIR=$(CHARLM_MODEL_DIR) $(VENV)/bin/gunicorn -c serving/gunicorn.conf.py 'serving.app:create_app()'
+
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The paper's analyses of the newest exported version (after `make train`) on the corpus it was trained on:
+# $(REPORT_DIR)/report.html with its figures, and report.json. A few minutes on 2 CPU cores.
+REPORT_TEXT ?= $(if $(CORPUS),$(CORPUS),data/tinyshakespeare.txt)
+REPORT_DIR  ?= reports/$(MODEL_NAME)
+REPORT_ARGS ?=
+report: setup
+	$(PY) -m analysis.report --model $(EXPORT_DIR)/$(MODEL_NAME) --text $(REPORT_TEXT) --out $(REPORT_DIR) $(REPORT_ARGS)

@@ -1,0 +1,39 @@
+"""The application factory. gunicorn calls `serving.app:create_app()` in each worker (no preload), so the
+model, the gRPC channel and the batching thread all come into being after the fork."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, request
+
+from serving import auth, backends, batcher, errors, metrics
+from serving.settings import Settings
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """`config` overrides CHARLM_* settings by field name (tests pass e.g. {"model_dir": ...})."""
+    settings = Settings(**(config or {}))
+    app = Flask(__name__)
+    app.config.update(CHARLM=settings, MAX_CONTENT_LENGTH=settings.max_body_bytes)
+    app.json.sort_keys = False  # fields in the order OpenAI's API documents them
+    app.json.ensure_ascii = False
+    logging.basicConfig(level=logging.INFO)  # does nothing if logging is configured already
+
+    errors.init_app(app)
+    metrics.init_app(app)
+    auth.init_app(app, settings)
+    backends.init_app(app, settings)
+    batcher.init_app(app, settings)
+
+    @app.before_request
+    def look_for_new_version():
+        # Traffic drives the (background, throttled) look for a newer version; probes of liveness and
+        # metrics scrapes do not, so they never touch the backend.
+        if request.path.startswith("/v1/") or request.path == "/readyz":
+            app.extensions["charlm.backend"].maybe_refresh()
+
+    from serving import openapi, routes_health, routes_native, routes_openai, routes_ui
+
+    for blueprint in (routes_openai.bp, routes_native.bp, routes_health.bp, openapi.bp, routes_ui.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,193 @@
+"""Continuous batching: one thread per worker advances every active stream by a chunk with one backend
+`generate` call, carrying each stream's state between calls. A stream submitted while a call runs joins
+the next one; a stream whose client went away is dropped before the next one.
+
+Chunk sizes: a stream's first call generates `first_chunk` characters and each later call doubles that up to
+`max_chunk`. A call takes as long as its longest row, so the whole call uses the smallest chunk any of its rows
+wants: a newcomer's first characters are not held behind other streams' long chunks. Prompts are fed
+`prompt_chunk` characters per call for the same reason. Sampling is keyed by (seed, position in the state),
+so none of this changes a seeded stream's text.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from flask import Flask, current_app
+
+from serving.backends import BackendError, BackendRejected, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+GENERATE_OUTPUTS = ("text", "state", "unknown_chars")
+
+
+@dataclass(eq=False)
+class Stream:
+    index: int  # the choice it feeds, within its request
+    prompt: str  # still to be consumed
+    state: np.ndarray | None  # float32 [state_size]; None = a fresh start
+    remaining: int  # characters still to generate
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    version: int  # the model version its state belongs to
+    sink: queue.SimpleQueue = field(repr=False)
+    cancelled: bool = False  # set by the request's thread; read before every call
+    generating_calls: int = 0
+
+
+@dataclass
+class Chunk:
+    index: int
+    text: str
+
+
+@dataclass
+class Done:
+    index: int
+    state: np.ndarray
+
+
+@dataclass
+class Failed:
+    index: int
+    error: BackendError
+
+
+class TooManyStreams(Exception):
+    pass
+
+
+class Batcher:
+    def __init__(self, backend, settings, metrics):
+        self.backend, self.settings, self.metrics = backend, settings, metrics
+        self._cond = threading.Condition()
+        self._pending: list[Stream] = []
+        self._active: list[Stream] = []
+        self._thread: threading.Thread | None = None
+
+    def submit(self, streams: list[Stream]) -> None:
+        with self._cond:
+            if self._count() + len(streams) > self.settings.max_streams:
+                raise TooManyStreams(f"{self._count()} streams are running; this worker takes at most "
+                                     f"{self.settings.max_streams}")
+            self._pending.extend(streams)
+            if self._thread is None:  # started on first use: in a gunicorn worker that is after the fork
+                self._thread = threading.Thread(target=self._run, name="charlm-batcher", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            self._update_gauges(0)
+
+    def count(self) -> int:
+        """Streams admitted and not yet finished or dropped."""
+        with self._cond:
+            return self._count()
+
+    def _count(self) -> int:
+        return len(self._pending) + len(self._active)
+
+    def _update_gauges(self, in_call: int) -> None:
+        self.metrics.active_streams.set(self._count())
+        self.metrics.queue_depth.set(self._count() - in_call)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._active:
+                    self._cond.wait()
+                self._active.extend(self._pending)
+                self._pending.clear()
+                live = [s for s in self._active if not s.cancelled]
+                if len(live) < len(self._active):
+                    self.metrics.cancelled.inc(len(self._active) - len(live))
+                self._active = live
+                # One version per call; rows over max_batch, or of another version, go in the next call.
+                rows = [s for s in live if s.version == live[0].version][: self.settings.max_batch] if live else []
+                self._update_gauges(len(rows))
+            if not rows:
+                continue
+            try:
+                finished = self._advance(rows)
+            except Exception as e:  # a bug must fail these streams, not kill the thread every stream relies on
+                log.exception("batcher step failed")
+                error = BackendUnavailable(f"internal error while generating: {type(e).__name__}")
+                for stream in rows:
+                    stream.sink.put(Failed(stream.index, error))
+                finished = set(rows)
+            with self._cond:
+                # Rows just advanced go to the back: fair turns when there are more rows than one call takes.
+                kept = [s for s in self._active if s not in finished]
+                self._active = [s for s in kept if s not in rows] + [s for s in kept if s in rows]
+                self._update_gauges(0)
+
+    def _chunk(self, stream: Stream) -> int:
+        return min(self.settings.max_chunk, self.settings.first_chunk << min(stream.generating_calls, 12))
+
+    def _advance(self, rows: list[Stream]) -> set[Stream]:
+        chunk = min(self._chunk(s) for s in rows)
+        pieces = [s.prompt[: self.settings.prompt_chunk] for s in rows]
+        rests = [s.prompt[self.settings.prompt_chunk:] for s in rows]
+        num_chars = [0 if rest else min(chunk, s.remaining) for s, rest in zip(rows, rests)]
+        widths = {s.state.shape[0] for s in rows if s.state is not None}
+        if widths:
+            width = widths.pop()
+            state = np.stack([s.state if s.state is not None else np.zeros(width, np.float32) for s in rows])
+        else:
+            state = np.zeros([len(rows), 0], np.float32)
+        inputs = {
+            "prompt": np.array(pieces, dtype=object), "state": state,
+            "num_chars": np.array(num_chars, np.int32),
+            "temperature": np.array([s.temperature for s in rows], np.float32),
+            "top_k": np.array([s.top_k for s in rows], np.int32),
+            "top_p": np.array([s.top_p for s in rows], np.float32),
+            "seed": np.array([s.seed for s in rows], np.int64),
+        }
+        started = time.perf_counter()
+        try:
+            outputs = self.backend.call("generate", rows[0].version, inputs, GENERATE_OUTPUTS)
+        except BackendError as e:
+            for stream in rows:
+                stream.sink.put(Failed(stream.index, e))
+            return set(rows)
+        finally:
+            self.metrics.backend_seconds.labels("generate").observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(rows))
+
+        finished, generated = set(), 0
+        for i, stream in enumerate(rows):
+            unknown = outputs["unknown_chars"][i].decode("utf-8")
+            text = outputs["text"][i].decode("utf-8")
+            if unknown or len(text) != num_chars[i]:
+                problem = (f"the prompt has characters outside the model's vocabulary: {list(unknown)}" if unknown
+                           else f"the model generated {len(text)} characters instead of {num_chars[i]}")
+                stream.sink.put(Failed(stream.index, BackendRejected(problem)))
+                finished.add(stream)
+                continue
+            stream.state = outputs["state"][i].copy()
+            stream.prompt = rests[i]
+            stream.remaining -= len(text)
+            generated += len(text)
+            if num_chars[i]:
+                stream.generating_calls += 1
+            if text and not stream.cancelled:
+                stream.sink.put(Chunk(stream.index, text))
+            if not stream.prompt and stream.remaining <= 0:
+                stream.sink.put(Done(stream.index, stream.state))
+                finished.add(stream)
+        self.metrics.chars.inc(generated)
+        return finished
+
+
+def init_app(app: Flask, settings) -> None:
+    app.extensions["charlm.batcher"] = Batcher(app.extensions["charlm.backend"], settings,
+                                               app.extensions["charlm.metrics"])
+
+
+def current_batcher() -> Batcher:
+    return current_app.extensions["charlm.batcher"]

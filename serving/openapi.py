@@ -1,0 +1,91 @@
+"""GET /openapi.json: an OpenAPI 3.1 description of every route, its schemas generated from serving/schemas.py
+(the same models that validate requests), so the description cannot drift from what the code accepts."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from flask import Blueprint, jsonify
+from pydantic.json_schema import models_json_schema
+
+from serving import schemas
+
+bp = Blueprint("openapi", __name__)
+
+REQUESTS = (schemas.CompletionRequest, schemas.GenerateRequest, schemas.ScoreRequest, schemas.ActivationsRequest)
+RESPONSES = (schemas.Completion, schemas.ModelCard, schemas.ModelList, schemas.Generation, schemas.Score,
+             schemas.Activations, schemas.Health, schemas.Ready, schemas.Error)
+ERRORS = {400: "Malformed or out-of-range request", 401: "Missing or invalid API key (when keys are configured)",
+          404: "Unknown model", 413: "Request body too large", 429: "Too many concurrent streams (see Retry-After)",
+          503: "Backend unavailable or no model loaded", 504: "Backend deadline exceeded"}
+
+
+def ref(model) -> dict:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def json_content(model) -> dict:
+    return {"application/json": {"schema": ref(model)}}
+
+
+def errors(*codes: int) -> dict:
+    return {str(code): {"description": ERRORS[code], "content": json_content(schemas.Error)} for code in codes}
+
+
+def post(summary: str, request, reply, streams: bool, *codes: int) -> dict:
+    ok = {"description": "OK", "content": json_content(reply)}
+    if streams:
+        ok["content"]["text/event-stream"] = {
+            "schema": {"type": "string", "description": f"with `stream: true`: `data: <{reply.__name__} JSON>` "
+                                                        "events, then `data: [DONE]`"}}
+    return {"post": {"summary": summary, "security": [{"bearerAuth": []}],
+                     "requestBody": {"required": True, "content": json_content(request)},
+                     "responses": {"200": ok, **errors(400, 401, *codes)}}}
+
+
+def get(summary: str, reply, *codes: int, content_type: str = "application/json", secured: bool = False) -> dict:
+    if reply is not None:
+        content = json_content(reply)
+    else:
+        content = {content_type: {"schema": {"type": "object" if content_type == "application/json" else "string"}}}
+    operation = {"summary": summary, "responses": {"200": {"description": "OK", "content": content}, **errors(*codes)}}
+    if secured:
+        operation["security"] = [{"bearerAuth": []}]
+    return {"get": operation}
+
+
+@lru_cache(maxsize=1)
+def document() -> dict:
+    _, definitions = models_json_schema([(m, "validation") for m in REQUESTS] + [(m, "serialization") for m in RESPONSES],
+                                        ref_template="#/components/schemas/{model}")
+    model_path = get("One model", schemas.ModelCard, 401, 404, secured=True)
+    model_path["get"]["parameters"] = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "charlm gateway", "version": "1",
+                 "description": "Character-level LSTM text generation. A token is a character. Errors use "
+                                "OpenAI's envelope. Authentication applies to /v1/ routes when CHARLM_API_KEYS is set."},
+        "paths": {
+            "/v1/completions": post("OpenAI-compatible completion", schemas.CompletionRequest, schemas.Completion,
+                                    True, 404, 413, 429, 503, 504),
+            "/v1/generate": post("Generate, returning a continuation state", schemas.GenerateRequest,
+                                 schemas.Generation, True, 404, 413, 429, 503, 504),
+            "/v1/score": post("Bits per character of a text", schemas.ScoreRequest, schemas.Score, False,
+                              404, 413, 503, 504),
+            "/v1/activations": post("Per-character values of one layer", schemas.ActivationsRequest,
+                                    schemas.Activations, False, 404, 413, 503, 504),
+            "/v1/models": get("OpenAI-compatible model list", schemas.ModelList, 401, 503, secured=True),
+            "/v1/models/{model}": model_path,
+            "/healthz": get("Liveness: the process answers (no backend call)", schemas.Health),
+            "/readyz": get("Readiness: a model is loaded and the backend answers", schemas.Ready, 503, 504),
+            "/metrics": get("Prometheus metrics", None, content_type="text/plain"),
+            "/openapi.json": get("This description", None),
+            "/": get("The playground page", None, content_type="text/html"),
+        },
+        "components": {"schemas": definitions["$defs"],
+                       "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(document())

@@ -1,0 +1,165 @@
+"""Continuous batching, driven directly: what each backend call holds, and that none of it changes a text."""
+import queue
+import threading
+
+import numpy as np
+import pytest
+
+from serving.backends import BackendUnavailable
+from serving.batcher import Batcher, Chunk, Done, Failed, Stream, TooManyStreams
+from serving.metrics import Metrics
+from serving.settings import Settings
+from serving_helpers import shared_app, wait_until
+
+
+class RecordingBackend:
+    """The real local backend, with a record of every generate call's rows (and a switch to fail them)."""
+
+    def __init__(self, backend):
+        self.backend, self.calls, self.fail = backend, [], False
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def call(self, signature, version, inputs, outputs=None):
+        self.gate.wait()
+        self.calls.append({"seeds": inputs["seed"].tolist(), "num_chars": inputs["num_chars"].tolist(),
+                           "prompt_lengths": [len(p) for p in inputs["prompt"]]})
+        if self.fail:
+            raise BackendUnavailable("TF Serving is down (test)")
+        return self.backend.call(signature, version, inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def local(exported_model):
+    return shared_app(exported_model[0]).extensions["charlm.backend"]  # only called, never changed
+
+
+def make_batcher(local, **settings):
+    backend = RecordingBackend(local)
+    return Batcher(backend, Settings(model_dir="unused", **settings), Metrics()), backend
+
+
+def submit(batcher, *rows):
+    sink = queue.SimpleQueue()
+    streams = [Stream(index=i, sink=sink, version=1, **{"prompt": "", "state": None, "temperature": 1.0,
+                                                          "top_k": 0, "top_p": 1.0, **row})
+               for i, row in enumerate(rows)]
+    batcher.submit(streams)
+    return streams, sink
+
+
+def collect(sink, n_streams, timeout=60):
+    texts, ends = {}, {}
+    while len(ends) < n_streams:
+        event = sink.get(timeout=timeout)
+        if isinstance(event, Chunk):
+            texts[event.index] = texts.get(event.index, "") + event.text
+        else:
+            ends[event.index] = event
+    return texts, ends
+
+
+def test_chunks_start_small_and_double(local):
+    batcher, backend = make_batcher(local, first_chunk=4, max_chunk=32)
+    _, sink = submit(batcher, dict(prompt="ROMEO:", remaining=100, seed=1))
+    texts, ends = collect(sink, 1)
+    assert len(texts[0]) == 100 and isinstance(ends[0], Done) and ends[0].state.shape == (65,)
+    assert [c["num_chars"][0] for c in backend.calls] == [4, 8, 16, 32, 32, 8]
+    assert backend.calls[0]["prompt_lengths"] == [6] and backend.calls[1]["prompt_lengths"] == [0]
+
+
+def test_seeded_text_is_the_same_alone_batched_and_joining_late(local):
+    alone_batcher, _ = make_batcher(local)
+    _, sink = submit(alone_batcher, dict(prompt="JULIET:\n", remaining=300, seed=77, temperature=0.7))
+    alone = collect(sink, 1)[0][0]
+
+    batcher, backend = make_batcher(local, first_chunk=2, max_chunk=16)
+    others = [dict(prompt=p, remaining=n, seed=s, top_k=k) for p, n, s, k in
+              [("A", 50, 1, 0), ("KING:", 400, 2, 3), ("", 10, 3, 0)]]
+    streams, sink = submit(batcher, dict(prompt="JULIET:\n", remaining=300, seed=77, temperature=0.7), *others)
+    # A stream that arrives mid-flight joins at the next call.
+    first = sink.get(timeout=30)
+    assert isinstance(first, Chunk)
+    _, late_sink = submit(batcher, dict(prompt="Nurse:", remaining=40, seed=78))
+    late_text = collect(late_sink, 1)[0][0]
+    texts = collect(sink, 4)[0]
+    # The first event was already taken off the queue: put it back in front of its stream's text.
+    texts[first.index] = first.text + texts.get(first.index, "")
+    assert texts[0] == alone
+    assert [len(texts[i]) for i in range(4)] == [300, 50, 400, 10] and len(late_text) == 40
+    assert backend.calls[0]["seeds"] == [77, 1, 2, 3]  # submitted together, advanced together
+    joined = [c for c in backend.calls if 78 in c["seeds"]][0]
+    assert 77 in joined["seeds"] and joined["num_chars"][joined["seeds"].index(78)] == 2  # its first chunk
+    assert wait_until(lambda: batcher.count() == 0)
+
+
+def test_long_prompts_are_fed_in_pieces(local):
+    prompt = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3
+    whole_batcher, _ = make_batcher(local)
+    _, sink = submit(whole_batcher, dict(prompt=prompt, remaining=60, seed=5))
+    whole = collect(sink, 1)[0][0]
+    batcher, backend = make_batcher(local, prompt_chunk=50)
+    _, sink = submit(batcher, dict(prompt=prompt, remaining=60, seed=5))
+    assert collect(sink, 1)[0][0] == whole
+    assert [c["prompt_lengths"][0] for c in backend.calls[:4]] == [50, 50, 50, len(prompt) - 150]
+    assert [c["num_chars"][0] for c in backend.calls[:4]] == [0, 0, 0, 4]
+
+
+def test_cancelled_streams_are_dropped_before_the_next_call(local):
+    batcher, backend = make_batcher(local, first_chunk=1, max_chunk=1)
+    streams, sink = submit(batcher, dict(prompt="A", remaining=5000, seed=1), dict(prompt="B", remaining=30, seed=2))
+    assert isinstance(sink.get(timeout=30), Chunk)
+    backend.gate.clear()  # hold the next call while the client goes away
+    streams[0].cancelled = True
+    calls_before = len(backend.calls)
+    backend.gate.set()
+    texts, _ = collect(sink, 1)  # stream 1 finishes; stream 0 never does
+    assert wait_until(lambda: batcher.count() == 0)
+    assert all(1 not in c["seeds"] for c in backend.calls[calls_before + 1:])
+    assert len(texts.get(0, "")) < 20
+    assert batcher.metrics.registry.get_sample_value("charlm_cancelled_streams_total") == 1
+
+
+def test_too_many_streams_are_refused(local):
+    batcher, backend = make_batcher(local, max_streams=3)
+    backend.gate.clear()
+    streams, _ = submit(batcher, *[dict(remaining=10, seed=i) for i in range(3)])
+    with pytest.raises(TooManyStreams):
+        submit(batcher, dict(remaining=10, seed=9))
+    for stream in streams:
+        stream.cancelled = True
+    backend.gate.set()
+    assert wait_until(lambda: batcher.count() == 0)
+    _, sink = submit(batcher, dict(remaining=10, seed=9))
+    assert isinstance(collect(sink, 1)[1][0], Done)
+
+
+def test_a_failed_call_fails_its_streams_and_the_batcher_goes_on(local):
+    batcher, backend = make_batcher(local)
+    backend.fail = True
+    _, sink = submit(batcher, dict(remaining=10, seed=1), dict(remaining=10, seed=2))
+    _, ends = collect(sink, 2)
+    assert all(isinstance(e, Failed) and "down" in str(e.error) for e in ends.values())
+    assert wait_until(lambda: batcher.count() == 0)
+    backend.fail = False
+    _, sink = submit(batcher, dict(remaining=10, seed=1))
+    assert len(collect(sink, 1)[0][0]) == 10
+
+
+def test_more_streams_than_one_call_takes_take_turns(local):
+    batcher, backend = make_batcher(local, max_batch=2, first_chunk=8, max_chunk=8)
+    _, sink = submit(batcher, *[dict(prompt="A", remaining=24, seed=i) for i in range(5)])
+    texts, _ = collect(sink, 5)
+    assert [len(texts[i]) for i in range(5)] == [24] * 5
+    assert max(len(c["seeds"]) for c in backend.calls) == 2
+
+
+def test_a_state_continues_exactly(local):
+    batcher, _ = make_batcher(local)
+    _, sink = submit(batcher, dict(prompt="ROMEO:", remaining=120, seed=3))
+    whole = collect(sink, 1)[0][0]
+    _, sink = submit(batcher, dict(prompt="ROMEO:", remaining=50, seed=3))
+    texts, ends = collect(sink, 1)
+    _, sink = submit(batcher, dict(prompt="", state=ends[0].state, remaining=70, seed=3))
+    assert texts[0] + collect(sink, 1)[0][0] == whole
+    assert np.isclose(ends[0].state[-1], 56)  # the position: 6 prompt characters + 50 generated

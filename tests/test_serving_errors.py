@@ -1,0 +1,46 @@
+"""Whatever goes wrong, the client gets OpenAI's error envelope: never an HTML page, a traceback or a bare 500."""
+import pytest
+
+from serving.app import create_app
+from serving_helpers import assert_error
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    # No model needed: these failures happen before any backend call.
+    app = create_app({"model_dir": tmp_path_factory.mktemp("empty") / "charlm", "max_body_bytes": 4096})
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals")
+
+    return app
+
+
+def test_unknown_route_is_404(app):
+    assert_error(app.test_client().get("/v2/nothing"), 404, code="not_found")
+
+
+def test_wrong_method_is_405_with_allow(app):
+    response = app.test_client().get("/v1/completions")
+    assert_error(response, 405, code="method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_body_over_the_limit_is_413(app):
+    response = app.test_client().post("/v1/completions", data="x" * 5000, content_type="application/json")
+    assert_error(response, 413, code="request_too_large")
+
+
+def test_unexpected_exception_is_a_logged_500_envelope(app, caplog):
+    response = app.test_client().get("/boom")
+    error = assert_error(response, 500, code="internal_error")
+    assert error["type"] == "server_error" and "secret" not in response.get_data(as_text=True)
+    assert "secret internals" in caplog.text  # in the log, for the operator
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/generate", "/v1/score", "/v1/activations"])
+def test_not_json_on_every_post_route(app, path):
+    assert_error(app.test_client().post(path, data="prompt=hello", content_type="application/x-www-form-urlencoded"),
+                 400, code="invalid_json")
+    assert_error(app.test_client().post(path), 400, code="invalid_json")  # no body at all

@@ -1,0 +1,94 @@
+"""The playground at /: served as a page, and used for real in headless Chromium (Debian's `chromium` and
+`chromium-driver`, installed by .ci/run): type a prompt, pick temperature and length, generate, and see the
+streamed text on screen."""
+import io
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from serving_helpers import shared_app
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def test_page_has_the_controls(exported_model):
+    page = shared_app(exported_model[0]).test_client().get("/").get_data(as_text=True)
+    for control in ('id="prompt"', 'id="temperature"', 'id="length"', 'id="generate"', 'id="output"',
+                    "/static/playground.js"):
+        assert control in page
+    script = shared_app(exported_model[0]).test_client().get("/static/playground.js")
+    assert script.status_code == 200 and b"/v1/completions" in script.data
+
+
+@pytest.fixture(scope="module")
+def server(exported_model):
+    """The app on a real socket (werkzeug's threaded server): the browser needs HTTP, not a test client."""
+    httpd = make_server("127.0.0.1", 0, shared_app(exported_model[0]), threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    # Fail, never skip: CI installs Chromium (.ci/run), so its absence is a broken setup.
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), \
+        "headless Chromium is needed: apt-get install -y chromium chromium-driver"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+                 "--window-size=1100,1000"):
+        options.add_argument(flag)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SE_OFFLINE", "true")  # Selenium must use these binaries, never fetch its own
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    yield driver
+    driver.quit()
+
+
+def dark_pixels(png: bytes) -> int:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("L")
+    return sum(1 for value in image.getdata() if value < 110)
+
+
+@pytest.mark.slow
+def test_typing_a_prompt_streams_text_onto_the_page(server, browser, exported_model, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "version 1" in d.find_element(By.ID, "model").text)
+    output = browser.find_element(By.ID, "output")
+    empty = dark_pixels(output.screenshot_as_png)
+
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys("ROMEO:\n")
+    for field, value in (("temperature", "0.7"), ("length", "400"), ("seed", "21")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith(("done", "error")))
+    assert browser.find_element(By.ID, "status").text.startswith("done: 400 characters")
+
+    shown = browser.find_element(By.ID, "generated").get_attribute("textContent")
+    expected = shared_app(exported_model[0]).test_client().post("/v1/completions", json={
+        "model": "charlm", "prompt": "ROMEO:\n", "max_tokens": 400, "temperature": 0.7, "seed": 21,
+    }).get_json()["choices"][0]["text"]
+    assert shown == expected
+    screenshot = output.screenshot_as_png
+    (tmp_path / "playground.png").write_bytes(browser.get_screenshot_as_png())
+    # The text is on screen, not just in the DOM: the output box went from blank to full of glyphs.
+    assert empty < 50 and dark_pixels(screenshot) > 2000, (empty, dark_pixels(screenshot))

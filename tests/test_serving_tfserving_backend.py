@@ -1,0 +1,134 @@
+"""The `tfserving` backend against fake_tfserving (a stand-in speaking TF Serving's PredictionService
+protocol over the same SavedModel, not TF Serving): same texts as in-process, the requests it sends, a
+restart of the server, the deadline."""
+import numpy as np
+import pytest
+
+from fake_tfserving import SavedModelPredictionService, serve
+from serving.app import create_app
+from serving.backends import BackendRejected, VersionGone
+from serving.settings import Settings
+from serving.tfserving_backend import TFServingBackend
+from serving_helpers import assert_error, wait_until
+
+
+@pytest.fixture(scope="module")
+def service(loaded_model):
+    return SavedModelPredictionService("charlm", {1: loaded_model})
+
+
+@pytest.fixture(scope="module")
+def server(service):
+    server, port = serve(service)
+    yield server, port
+    server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def app(server):
+    return create_app({"backend": "tfserving", "tfserving_address": f"127.0.0.1:{server[1]}",
+                       "tfserving_timeout_s": 1.0, "model_poll_s": 0})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def direct_text(loaded_model, prompt, n, seed):
+    import tensorflow as tf
+
+    return loaded_model.signatures["generate"](
+        prompt=tf.constant([prompt]), state=tf.zeros([1, 0]), num_chars=tf.constant([n]),
+        temperature=tf.constant([1.0]), top_k=tf.constant([0]), top_p=tf.constant([1.0]),
+        seed=tf.constant([seed], tf.int64))["text"][0].numpy().decode()
+
+
+def test_generation_through_tfserving_is_the_same_text(client, loaded_model, service):
+    reply = client.post("/v1/completions", json={"model": "charlm", "prompt": "ROMEO:\n", "max_tokens": 150,
+                                                 "seed": 9}).get_json()
+    assert reply["choices"][0]["text"] == direct_text(loaded_model, "ROMEO:\n", 150, 9)
+    generate = [r for r in service.requests if r.model_spec.signature_name == "generate"]
+    assert len(generate) > 1  # several chunks, each a Predict carrying the state
+    spec = generate[-1].model_spec
+    assert spec.name == "charlm" and spec.version.value == 1  # pinned to the version the stream started on
+    assert set(generate[-1].output_filter) == {"text", "state", "unknown_chars"}
+
+
+def test_models_readyz_score_activations(client, service):
+    assert client.get("/readyz").get_json() == {"status": "ready", "backend": "tfserving", "model": "charlm",
+                                                "version": 1}
+    card = client.get("/v1/models").get_json()["data"][0]
+    assert card["backend"] == "tfserving" and card["versions"] == [1]
+    assert client.post("/v1/score", json={"text": "First Citizen:"}).get_json()["characters"] == 14
+    reply = client.post("/v1/activations", json={"text": "abc", "kind": "hidden"}).get_json()
+    assert np.array(reply["values"]).shape == (3, 32)
+    assert list(service.requests[-1].output_filter) == ["hidden", "lengths", "state", "unknown_chars"]
+    # Looking for the newest version sends no version: TF Serving answers with its newest, and names it.
+    metadata = [r for r in service.requests if r.model_spec.signature_name == "metadata"]
+    assert any(not r.model_spec.HasField("version") for r in metadata)
+
+
+def test_errors_are_translated(server):
+    backend = TFServingBackend(Settings(backend="tfserving", tfserving_address=f"127.0.0.1:{server[1]}"))
+    assert backend._channel is None  # nothing opened until the first call (after gunicorn's fork)
+    inputs = {"prompt": np.array(["A"], object), "state": np.zeros([1, 0], np.float32),
+              "num_chars": np.array([3], np.int32), "temperature": np.array([-1.0], np.float32),
+              "top_k": np.zeros([1], np.int32), "top_p": np.ones([1], np.float32), "seed": np.zeros([1], np.int64)}
+    with pytest.raises(BackendRejected, match="temperature must be > 0"):
+        backend.call("generate", 1, inputs)
+    with pytest.raises(VersionGone):
+        backend.call("generate", 99, {**inputs, "temperature": np.ones([1], np.float32)})
+    backend.close()
+
+
+def test_deadline_is_a_504(client, service):
+    service.delay_s = 2.0
+    try:
+        assert_error(client.post("/v1/completions", json={"model": "charlm", "prompt": "A", "max_tokens": 3}),
+                     504, code="backend_timeout")
+        assert_error(client.get("/readyz"), 504, code="backend_timeout")
+    finally:
+        service.delay_s = 0.0
+    assert client.post("/v1/completions", json={"model": "charlm", "prompt": "A", "max_tokens": 3}).status_code == 200
+
+
+def test_tfserving_restart_is_503_then_recovers(loaded_model):
+    service = SavedModelPredictionService("charlm", {1: loaded_model})
+    server, port = serve(service)
+    client = create_app({"backend": "tfserving", "tfserving_address": f"127.0.0.1:{port}"}).test_client()
+    body = {"model": "charlm", "prompt": "A", "max_tokens": 10, "seed": 1}
+    before = client.post("/v1/completions", json=body).get_json()["choices"][0]["text"]
+    server.stop(0).wait()
+    assert_error(client.post("/v1/completions", json=body), 503, code="backend_unavailable")
+    assert_error(client.get("/readyz"), 503)
+    assert client.get("/healthz").status_code == 200  # liveness does not depend on the backend
+    server, _ = serve(SavedModelPredictionService("charlm", {1: loaded_model}), port)
+    try:
+        # gRPC reconnects by itself (backoff capped at 2 s); no restart of the gateway.
+        recovered = wait_until(lambda: client.post("/v1/completions", json=body).status_code == 200, timeout=20)
+        assert recovered
+        assert client.post("/v1/completions", json=body).get_json()["choices"][0]["text"] == before
+    finally:
+        server.stop(0)
+
+
+def test_version_label_picks_the_version(loaded_model):
+    service = SavedModelPredictionService("charlm", {1: loaded_model, 2: loaded_model}, labels={"stable": 1})
+    server, port = serve(service)
+    try:
+        backend = TFServingBackend(Settings(backend="tfserving", tfserving_address=f"127.0.0.1:{port}",
+                                            tfserving_version_label="stable"))
+        backend.refresh()
+        assert backend.model().version == 1  # not the newest (2): the labelled one
+        assert service.requests[0].model_spec.version_label == "stable"
+        backend.close()
+    finally:
+        server.stop(0)
+
+
+def test_unknown_model_name_on_tfserving_is_503_at_start(server):
+    client = create_app({"backend": "tfserving", "tfserving_address": f"127.0.0.1:{server[1]}",
+                         "model_name": "nosuch"}).test_client()
+    error = assert_error(client.get("/readyz"), 503)
+    assert "NOT_FOUND" in error["message"]
