@@ -227,3 +227,26 @@ def test_killed_export_leaves_no_version(trained_run, tmp_path):
     assert not [p for p in (tmp_path / "charlm").iterdir() if p.name.isdigit()]
     version = export_version(Path(config.run_dir), tmp_path, "charlm")  # sweeps the abandoned build
     assert version.name == "1" and [p.name for p in (tmp_path / "charlm").iterdir()] == ["1"]
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn", "lstm"])
+def test_every_cell_type_exports_what_keras_computes(cell):
+    """Untrained weights are enough: the exported graph must compute the Keras model's function."""
+    from training.export import build_module
+
+    vocab = Vocab(tuple("abcdefgh \n"))
+    config = TrainConfig(cell=cell, embedding_size=6, hidden_size=12, num_layers=2, dropout=0.0)
+    model = CharRNN(len(vocab), config)
+    module = build_module(model, vocab, {})
+    text = "abc defg\nhab cd"
+    ids = vocab.encode(text)
+    logits, _ = model(tf.constant(ids[None, :-1]), model.zero_state(1))
+    keras_loss = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ids[None, 1:], logits)))
+    primed = module.score(tf.constant([text[0]]), tf.zeros([1, 0]))["state"]
+    scored = module.score(tf.constant([text[1:]]), primed)
+    assert float(scored["bits_per_char"][0]) * math.log(2) == pytest.approx(keras_loss, abs=1e-5)
+    for batch in (1, 6):  # both LSTM paths: one fused op per layer for small batches, separate ops for large
+        out = module.generate(tf.constant(["ab"] * batch), tf.zeros([batch, 0]), tf.fill([batch], 20),
+                              tf.ones([batch]), tf.ones([batch], tf.int32), tf.ones([batch]),
+                              tf.zeros([batch], tf.int64))
+        assert out["text"].numpy()[0].decode() == greedy_keras(model, vocab, "ab", 20)

@@ -137,29 +137,64 @@ def build_module(model, vocab, info: dict):
             unknown = tf.strings.reduce_join(tf.ragged.boolean_mask(chars, ids < 0), axis=1)
             return ids.to_tensor(-1), tf.cast(ids.row_lengths(), tf.int32), unknown
 
-        def consume(self, ids, lengths, parts, position, collect=False, fused_cell=False):
-            """Run the text through the recurrence; rows stop at their own length."""
+        def consume(self, ids, lengths, parts, position, log_probs=False, collect=False):
+            """Run the text through the recurrence; rows stop at their own length. Returns the new parts and
+            position, and on request the log-probability of each character (batch, time) and the per-character
+            states and gates (time, batch, trace_width)."""
+            if cell == "lstm":
+                empty = lambda: (parts, position, tf.zeros([tf.shape(ids)[0], 0]), tf.zeros([0, tf.shape(ids)[0], trace_width]))
+                parts, position, scores, trace = tf.cond(
+                    tf.shape(ids)[1] > 0,
+                    lambda: self.consume_sequence(ids, lengths, parts, position, log_probs, collect), empty)
+            else:
+                parts, position, scores, trace = self.consume_by_character(ids, lengths, parts, position, collect)
+            return parts, position, (scores if log_probs else None), (trace if collect else None)
+
+        def consume_sequence(self, ids, lengths, parts, position, log_probs, collect):
+            """LSTM: each layer over the whole text in one BlockLSTM op, the time loop inside the kernel
+            (and the input projection for all characters in one matmul) instead of ops per character."""
+            batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
+            x = tf.transpose(tf.gather(self.embedding, tf.maximum(ids, 0)), [1, 0, 2])  # (time, batch, embedding)
+            last = tf.stack([tf.maximum(lengths - 1, 0), tf.range(batch)], axis=1)  # each row's last character
+            started = (lengths > 0)[:, None]
+            no_peephole = tf.zeros([hidden])
+            new_parts, states, gates = [], [], []
+            for i in range(layers):
+                h0, c0 = parts[2 * i], parts[2 * i + 1]
+                gi, cs, gf, go, gg, _, x = tf.raw_ops.BlockLSTM(
+                    seq_len_max=tf.cast(steps, tf.int64), x=x, cs_prev=c0, h_prev=h0, w=self.kernels[i],
+                    wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=self.biases[i], forget_bias=0.0,
+                    cell_clip=-1.0, use_peephole=False)  # each (time, batch, hidden)
+                new_parts += [tf.where(started, tf.gather_nd(x, last), h0), tf.where(started, tf.gather_nd(cs, last), c0)]
+                states += [x, cs]
+                gates.append(tf.concat([gi, gf, gg, go], axis=2))
+            scores = tf.zeros([batch, steps])
+            if log_probs:
+                top_before = tf.concat([parts[-2][None], x[:-1]], axis=0)  # top h before each character
+                logits = tf.einsum("tbh,hv->tbv", top_before, self.head_kernel) + self.head_bias
+                scores = tf.gather(tf.nn.log_softmax(logits), tf.maximum(tf.transpose(ids), 0), batch_dims=2)
+                scores = tf.where(tf.sequence_mask(lengths, steps), tf.transpose(scores), 0.0)  # (batch, time)
+            trace = tf.concat(states + gates, axis=2) if collect else tf.zeros([steps, batch, trace_width])
+            return new_parts, position + tf.cast(lengths, tf.float32), scores, trace
+
+        def consume_by_character(self, ids, lengths, parts, position, collect):
             batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
             # One spare row at the end, so stacking works when the text is empty (size 0 cannot stack).
-            log_probs = tf.TensorArray(tf.float32, size=steps + 1)
+            scores = tf.TensorArray(tf.float32, size=steps + 1)
             trace = tf.TensorArray(tf.float32, size=steps + 1 if collect else 0)
             for t in tf.range(steps):
                 active = t < lengths  # (batch,)
                 ids_t = tf.maximum(ids[:, t], 0)
-                log_probs = log_probs.write(t, tf.gather(tf.nn.log_softmax(self.logits(parts)), ids_t,
-                                                         batch_dims=1))
-                new_parts, gates = self.step(ids_t, parts, fused_cell)
+                scores = scores.write(t, tf.gather(tf.nn.log_softmax(self.logits(parts)), ids_t, batch_dims=1))
+                new_parts, gates = self.step(ids_t, parts)
                 if collect:
                     trace = trace.write(t, tf.concat(new_parts + gates, axis=1))
                 parts = [tf.where(active[:, None], n, o) for n, o in zip(new_parts, parts)]
                 position = tf.where(active, position + 1.0, position)
-            log_probs = log_probs.write(steps, tf.zeros([batch]))
-            mask = tf.sequence_mask(lengths, steps)
-            log_probs = tf.where(mask, tf.transpose(log_probs.stack()[:steps]), 0.0)  # (batch, time)
-            if not collect:
-                return parts, position, log_probs, None
-            trace = trace.write(steps, tf.zeros([batch, trace_width]))
-            return parts, position, log_probs, trace.stack()[:steps]  # (time, batch, features)
+            scores = scores.write(steps, tf.zeros([batch]))
+            scores = tf.where(tf.sequence_mask(lengths, steps), tf.transpose(scores.stack()[:steps]), 0.0)
+            trace = trace.write(steps, tf.zeros([batch, trace_width])).stack()[:steps] if collect else None
+            return parts, position, scores, trace
 
         # --- sampling ------------------------------------------------------------------------------
         def draw(self, logits, seed, position):
@@ -214,7 +249,7 @@ def build_module(model, vocab, info: dict):
 
         def prime_and_sample(self, ids, lengths, parts, position, num_chars, temperature, top_k, top_p, seed,
                              fused_cell, filtered):
-            parts, position, _, _ = self.consume(ids, lengths, parts, position, fused_cell=fused_cell)
+            parts, position, _, _ = self.consume(ids, lengths, parts, position)
             longest = tf.reduce_max(tf.concat([num_chars, [0]], 0))
             out = tf.TensorArray(tf.int32, size=longest + 1)  # a spare row: stacking size 0 fails
             for i in tf.range(longest):
@@ -235,7 +270,8 @@ def build_module(model, vocab, info: dict):
             ids, lengths, unknown = self.encode(text)
             usable = tf.strings.length(unknown) == 0
             parts, position = self.unpack(state)
-            parts, position, log_probs, _ = self.consume(ids, tf.where(usable, lengths, 0), parts, position)
+            parts, position, log_probs, _ = self.consume(ids, tf.where(usable, lengths, 0), parts, position,
+                                                         log_probs=True)
             counted = tf.maximum(tf.where(usable, lengths, 0), 1)
             bits = -tf.reduce_sum(log_probs, axis=1) / tf.cast(counted, tf.float32) / float(np.log(2.0))
             return {"log_probs": log_probs, "lengths": lengths, "bits_per_char": bits,
