@@ -32,8 +32,9 @@ def create_app(config: dict | None = None) -> Flask:
         if request.path.startswith("/v1/") or request.path == "/readyz":
             app.extensions["charlm.backend"].maybe_refresh()
 
-    from serving import openapi, routes_health, routes_native, routes_openai, routes_ui
+    from serving import openapi, routes_health, routes_native, routes_openai, routes_ui, routes_visualize
 
-    for blueprint in (routes_openai.bp, routes_native.bp, routes_health.bp, openapi.bp, routes_ui.bp):
+    for blueprint in (routes_openai.bp, routes_native.bp, routes_health.bp, openapi.bp, routes_ui.bp,
+                      routes_visualize.bp):
         app.register_blueprint(blueprint)
     return app

@@ -80,6 +80,16 @@ def document() -> dict:
             "/metrics": get("Prometheus metrics", None, content_type="text/plain"),
             "/openapi.json": get("This description", None),
             "/": get("The playground page", None, content_type="text/html"),
+            "/visualize": get("The live page: text coloured by one cell's activations", None,
+                              content_type="text/html"),
+            "/visualize/features": {"post": {
+                "summary": "Feature tracks of a text (quotes, line position, brackets, ...), one value per character",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["text"], "additionalProperties": False,
+                    "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 20000}}}}}},
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"features": {"type": "array", "items": {"type": "object"}}}}}}},
+                              **errors(400)}}},
         },
         "components": {"schemas": definitions["$defs"],
                        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
