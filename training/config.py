@@ -26,9 +26,9 @@ class TrainConfig:
     # --- model ---
     cell: str = "lstm"  # lstm | gru | rnn, as in char-rnn's -model
     embedding_size: int = 64  # char-rnn used one-hot; a small embedding is cheaper and as good
-    hidden_size: int = 384  # units per recurrent layer
+    hidden_size: int = 512  # units per recurrent layer
     num_layers: int = 2  # stacked recurrent layers
-    dropout: float = 0.2  # after each recurrent layer (char-rnn's placement); 0 disables
+    dropout: float = 0.25  # after each recurrent layer (char-rnn's placement); 0 disables
     # --- optimisation ---
     learning_rate: float = 3e-3  # Adam's peak learning rate
     lr_schedule: str = "cosine"  # cosine | exponential | constant, after warm-up
@@ -36,7 +36,7 @@ class TrainConfig:
     min_lr_fraction: float = 0.05  # cosine only: final learning rate as a fraction of the peak
     warmup_steps: int = 50  # linear warm-up from 0, steadies Adam's first steps
     grad_clip: float = 5.0  # global gradient-norm clip (char-rnn's grad_clip)
-    epochs: int = 10  # passes over the training split
+    epochs: int = 8  # passes over the training split
     early_stopping_patience: int = 3  # epochs without a better validation loss before stopping; 0 = off
     explode_factor: float = 3.0  # stop when a loss exceeds this many times the first one (char-rnn)
     seed: int = 1337  # weights, dropout and sampling seeds

@@ -1,126 +1,161 @@
-"""FastLSTM: keras.layers.LSTM with a faster CPU training path.
+"""FastLSTM: keras.layers.LSTM with a faster training path on CPU.
 
-Keras' TF backend runs the generic RNN loop on CPU: every time step multiplies
-x_t @ kernel and h @ recurrent_kernel, and autodiff through the tf.while_loop
-accumulates the weight gradients step by step with small matmuls. Here, in the
-plain configuration, the input projection of all time steps is one big matmul,
-the loop does only h @ recurrent_kernel, and a hand-written backward pass runs a
-reverse loop that only carries (dh, dc) and emits per-step gate gradients; the
-weight gradients then come from single large matmuls over all time steps.
+On CPU, Keras' TensorFlow backend trains an LSTM through its generic RNN loop: every time step multiplies
+x_t @ kernel as well as h @ recurrent_kernel, and autodiff through the tf.while_loop accumulates the weight
+gradients step by step with small matmuls. FastLSTM keeps the layer (weights, config, serialization) and
+replaces only that loop when training in the plain configuration:
 
-Same weights, same config, same math (fp32) as keras.layers.LSTM; anything that
-is not the plain configuration (and any machine with a GPU, where cuDNN runs)
-takes the stock path.
+- the input projection of all time steps is one large matmul, x @ kernel + bias, before the loop;
+- the loop does only h @ recurrent_kernel and the gate arithmetic;
+- a hand-written backward pass (tf.custom_gradient) runs a reverse loop that carries only (dh, dc) and
+  emits each step's gate gradients; the weight gradients are then single large matmuls over all
+  (time * batch) rows: d_recurrent_kernel = H_prev^T @ dGates, d_kernel = X^T @ dGates,
+  d_bias = sum(dGates), d_inputs = dGates @ kernel^T.
+
+The two loops are XLA-compiled on their own (tf.function(jit_compile=True)): XLA fuses each step's ~20
+gate ops into a few kernels and keeps the per-step tensors in preallocated buffers, and its per-step matmul
+is fastest in the transposed form used below, (4*units, units) @ (units, batch). The large matmuls stay in
+TensorFlow (oneDNN), which runs them faster than XLA does; so the caller's train step needs no jit_compile
+(XLA-compiling the whole step was measured slower on CPU).
+
+Same math in fp32 as keras.layers.LSTM. Anything else takes the stock path unchanged: a visible GPU (where
+cuDNN runs), inference (no gradient needed, and XLA would recompile for every new sequence length), a
+mask, dropout or recurrent dropout while training, other activations, no bias, unroll, go_backwards, a
+compute dtype other than float32.
 """
 import keras
 import tensorflow as tf
-from keras import activations
+
+
+def _buffer(dtype, size):
+    return tf.TensorArray(dtype, size=size, clear_after_read=False)
+
+
+@tf.function(jit_compile=True)
+def _forward_loop(xp, h0, c0, recurrent_kernel):
+    """xp (time, batch, 4*units), h0 and c0 (batch, units) -> every step's h, c and gate activations."""
+    steps = tf.shape(xp)[0]
+    rk_t = tf.transpose(recurrent_kernel)  # (4*units, units)
+
+    # Inside the loop h and c are (units, batch): the (4*units, units) @ (units, batch) matmul is faster
+    # than (batch, units) @ (units, 4*units) here, and each gate is then a contiguous row block.
+    def step(t, h, c, hs, cs, gates):
+        z = tf.transpose(xp[t]) + tf.matmul(rk_t, h)  # (4*units, batch)
+        i, f, g, o = tf.split(z, 4, axis=0)
+        i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+        c = f * c + i * g
+        h = o * tf.tanh(c)
+        # gate activations are kept so that the backward pass never re-runs a matmul
+        return (t + 1, h, c, hs.write(t + 1, tf.transpose(h)), cs.write(t + 1, c),
+                gates.write(t, tf.concat([i, f, g, o], axis=0)))
+
+    # h and c buffers hold the initial state at index 0: step t finds its predecessor at t
+    hs = _buffer(xp.dtype, steps + 1).write(0, h0)
+    cs = _buffer(xp.dtype, steps + 1).write(0, tf.transpose(c0))
+    _, h, c, hs, cs, gates = tf.while_loop(
+        lambda t, *_: t < steps, step, maximum_iterations=steps,
+        loop_vars=(0, tf.transpose(h0), tf.transpose(c0), hs, cs, _buffer(xp.dtype, steps)))
+    # hs (time+1, batch, units), cs (time+1, units, batch), gates (time, 4*units, batch)
+    return hs.stack(), cs.stack(), gates.stack(), tf.transpose(h), tf.transpose(c)
+
+
+@tf.function(jit_compile=True)
+def _backward_loop(gates, cs, d_hs, d_h, d_c, recurrent_kernel):
+    """Reverse loop: carries (dh, dc), emits dGates (time, batch, 4*units); also returns d_h0, d_c0."""
+    steps = tf.shape(gates)[0]
+
+    def step(t, dh, dc, d_gates):
+        i, f, g, o = tf.split(gates[t], 4, axis=0)  # (units, batch) each
+        tanh_c = tf.tanh(cs[t + 1])
+        dh = dh + tf.transpose(d_hs[t])  # the gradient reaching h_t from the layer's output at t
+        dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+        dz = tf.concat([dc * g * i * (1.0 - i),  # through the sigmoid of each gate, tanh of g
+                        dc * cs[t] * f * (1.0 - f),
+                        dc * i * (1.0 - g * g),
+                        dh * tanh_c * o * (1.0 - o)], axis=0)  # (4*units, batch)
+        return t - 1, tf.matmul(recurrent_kernel, dz), dc * f, d_gates.write(t, tf.transpose(dz))
+
+    _, dh, dc, d_gates = tf.while_loop(
+        lambda t, *_: t >= 0, step, maximum_iterations=steps,
+        loop_vars=(steps - 1, tf.transpose(d_h), tf.transpose(d_c), _buffer(gates.dtype, steps)))
+    return d_gates.stack(), tf.transpose(dh), tf.transpose(dc)
+
+
+def lstm_sequence(x, kernel, bias, recurrent_kernel, h0, c0):
+    """The LSTM over a time-major sequence with a hand-written gradient. Gate order i, f, c, o (Keras').
+
+    x (time, batch, input_dim), kernel (input_dim, 4*units), bias (4*units,),
+    recurrent_kernel (units, 4*units), h0 and c0 (batch, units) -> outputs (time, batch, units), h, c.
+    """
+
+    @tf.custom_gradient
+    def run(x, kernel, bias, recurrent_kernel, h0, c0):
+        steps, batch, units = tf.shape(x)[0], tf.shape(x)[1], recurrent_kernel.shape[0]
+        x2 = tf.reshape(x, (-1, x.shape[-1]))  # (time*batch, input_dim)
+        xp = tf.reshape(tf.nn.bias_add(tf.matmul(x2, kernel), bias), (steps, batch, 4 * units))
+        # the loops are differentiated by hand (grad below): keep the tape out of them
+        hs, cs, gates, h, c = _forward_loop(*map(tf.stop_gradient, (xp, h0, c0, recurrent_kernel)))
+
+        def grad(d_outputs, d_h, d_c):
+            d_outputs = tf.zeros_like(hs[1:]) if d_outputs is None else d_outputs
+            d_h = tf.zeros_like(h0) if d_h is None else d_h
+            d_c = tf.zeros_like(c0) if d_c is None else d_c
+            d_gates, d_h0, d_c0 = _backward_loop(
+                *map(tf.stop_gradient, (gates, cs, d_outputs, d_h, d_c, recurrent_kernel)))
+            d_gates = tf.reshape(d_gates, (-1, 4 * units))  # (time*batch, 4*units)
+            h_prev = tf.reshape(hs[:-1], (-1, units))  # (time*batch, units): h_{t-1} of each row
+            d_recurrent_kernel = tf.matmul(h_prev, d_gates, transpose_a=True)
+            d_kernel = tf.matmul(x2, d_gates, transpose_a=True)
+            # a (1, rows) @ (rows, 4*units) matmul sums the rows several times faster than reduce_sum
+            d_bias = tf.matmul(tf.ones((1, tf.shape(d_gates)[0]), d_gates.dtype), d_gates)[0]
+            d_x = tf.matmul(d_gates, kernel, transpose_b=True)  # (time*batch, input_dim)
+            return (tf.reshape(d_x, tf.shape(x)), d_kernel, d_bias, d_recurrent_kernel, d_h0, d_c0)
+
+        return (hs[1:], h, c), grad
+
+    return run(x, kernel, bias, recurrent_kernel, h0, c0)
 
 
 def _is(fn, *candidates):
     return any(fn is c for c in candidates)
 
 
-def _lstm_forward_backward(xp, h0, c0, rk):
-    """The recurrence with a hand-written gradient.
-
-    xp: (time, batch, 4*units) input projection x @ kernel + bias, gates i, f, c, o
-    h0, c0: (batch, units) initial state
-    rk: (units, 4*units) recurrent kernel
-    Returns hs (time, batch, units), h_T, c_T.
-    """
-
-    @tf.custom_gradient
-    def recurrence(xp, h0, c0, rk):
-        steps = tf.shape(xp)[0]
-        units = tf.shape(h0)[-1]
-
-        def step(t, h, c, hs, cs, gates):
-            z = xp[t] + tf.matmul(h, rk)  # (batch, 4*units)
-            i, f, g, o = tf.split(z, 4, axis=-1)
-            i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
-            c = f * c + i * g
-            h = o * tf.tanh(c)
-            # activations are kept so the backward pass never re-runs a matmul
-            return (t + 1, h, c, hs.write(t, h), cs.write(t, c),
-                    gates.write(t, tf.concat([i, f, g, o], axis=-1)))
-
-        ta = lambda: tf.TensorArray(xp.dtype, size=steps)
-        _, hT, cT, hs, cs, gates = tf.while_loop(
-            lambda t, *_: t < steps, step,
-            (tf.constant(0), h0, c0, ta(), ta(), ta()))
-        hs, cs, gates = hs.stack(), cs.stack(), gates.stack()  # (time, batch, ·)
-
-        def grad(d_hs, d_hT, d_cT):
-            d_hs = tf.zeros_like(hs) if d_hs is None else d_hs
-            d_hT = tf.zeros_like(h0) if d_hT is None else d_hT
-            d_cT = tf.zeros_like(c0) if d_cT is None else d_cT
-            # c_{t-1} for every step: (time, batch, units)
-            c_prev = tf.concat([c0[None], cs[:-1]], axis=0)
-            rk_t = tf.transpose(rk)  # (4*units, units), transposed once, not per step
-
-            def back(t, dh, dc, dz_ta):
-                i, f, g, o = tf.split(gates[t], 4, axis=-1)
-                tc = tf.tanh(cs[t])
-                dh = dh + d_hs[t]
-                dc = dc + dh * o * (1.0 - tc * tc)
-                dz = tf.concat([
-                    dc * g * i * (1.0 - i),
-                    dc * c_prev[t] * f * (1.0 - f),
-                    dc * i * (1.0 - g * g),
-                    dh * tc * o * (1.0 - o),
-                ], axis=-1)  # (batch, 4*units)
-                return t - 1, tf.matmul(dz, rk_t), dc * f, dz_ta.write(t, dz)
-
-            _, dh0, dc0, dz = tf.while_loop(
-                lambda t, *_: t >= 0, back,
-                (steps - 1, d_hT, d_cT, tf.TensorArray(xp.dtype, size=steps)))
-            dz = dz.stack()  # (time, batch, 4*units)
-            # h_{t-1} for every step, flattened over (time*batch) so the weight
-            # gradient is one large matmul instead of one small matmul per step
-            h_prev = tf.reshape(tf.concat([h0[None], hs[:-1]], axis=0), (-1, units))
-            d_rk = tf.matmul(h_prev, tf.reshape(dz, (-1, 4 * units)), transpose_a=True)
-            return dz, dh0, dc0, d_rk
-
-        return (hs, hT, cT), grad
-
-    return recurrence(xp, h0, c0, rk)
-
-
 @keras.saving.register_keras_serializable(package="charlm")
 class FastLSTM(keras.layers.LSTM):
-    """Drop-in keras.layers.LSTM; see the module docstring."""
+    """keras.layers.LSTM, with the fast CPU training path of this module's docstring."""
 
-    def _fast_path_ok(self, mask, training):
+    def _fast_path(self, mask, training) -> bool:
         cell = self.cell
-        return (
-            keras.backend.backend() == "tensorflow"
-            and not tf.config.list_logical_devices("GPU")  # cuDNN is faster still
+        return bool(
+            training
+            and keras.backend.backend() == "tensorflow"
+            and not tf.config.list_logical_devices("GPU")  # cuDNN is faster still: keep it
             and mask is None
-            and not (training and (cell.dropout or cell.recurrent_dropout))
-            and _is(cell.activation, activations.tanh, tf.tanh, keras.ops.tanh)
-            and _is(cell.recurrent_activation, activations.sigmoid, tf.sigmoid,
+            and not cell.dropout and not cell.recurrent_dropout
+            and _is(cell.activation, keras.activations.tanh, tf.tanh, tf.nn.tanh, keras.ops.tanh)
+            and _is(cell.recurrent_activation, keras.activations.sigmoid, tf.sigmoid, tf.nn.sigmoid,
                     keras.ops.sigmoid)
             and cell.use_bias
             and not self.unroll
             and not self.go_backwards
+            and self.compute_dtype == "float32"
         )
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if keras.tree.is_nested(mask):
             mask = mask[0]
-        if not self._fast_path_ok(mask, training):
+        if not self._fast_path(mask, training):
             return super().inner_loop(sequences, initial_state, mask, training=training)
 
         cell = self.cell
-        kernel = tf.convert_to_tensor(cell.kernel)  # (input_dim, 4*units)
-        x = tf.transpose(sequences, (1, 0, 2))  # (time, batch, input_dim): loop reads x[t]
-        xp = tf.tensordot(x, kernel, 1) + tf.convert_to_tensor(cell.bias)  # (time, batch, 4*units)
-        hs, h, c = _lstm_forward_backward(
-            xp, initial_state[0], initial_state[1],
-            tf.convert_to_tensor(cell.recurrent_kernel))
+        outputs, h, c = lstm_sequence(
+            tf.transpose(sequences, (1, 0, 2)),  # (time, batch, input_dim)
+            tf.convert_to_tensor(cell.kernel), tf.convert_to_tensor(cell.bias),
+            tf.convert_to_tensor(cell.recurrent_kernel), initial_state[0], initial_state[1])
         if self.return_sequences:
-            outputs = tf.transpose(hs, (1, 0, 2))  # (batch, time, units)
+            outputs = tf.transpose(outputs, (1, 0, 2))  # (batch, time, units)
+            outputs.set_shape(sequences.shape[:2] + (self.units,))
         else:
-            outputs = h[:, None]  # (batch, 1, units), as keras' rnn() returns
+            outputs = h[:, None]  # (batch, 1, units): what keras' rnn() returns for the last step only
+        # the contract of keras' rnn(): (last output, outputs, states)
         return h, outputs, [h, c]
