@@ -36,7 +36,7 @@ class TrainConfig:
     min_lr_fraction: float = 0.05  # cosine only: final learning rate as a fraction of the peak
     warmup_steps: int = 50  # linear warm-up from 0, steadies Adam's first steps
     grad_clip: float = 5.0  # global gradient-norm clip (char-rnn's grad_clip)
-    epochs: int = 8  # passes over the training split
+    epochs: int = 7  # passes over the training split
     early_stopping_patience: int = 3  # epochs without a better validation loss before stopping; 0 = off
     explode_factor: float = 3.0  # stop when a loss exceeds this many times the first one (char-rnn)
     seed: int = 1337  # weights, dropout and sampling seeds
