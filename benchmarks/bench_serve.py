@@ -29,7 +29,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.bench_generate import RESULTS, export_random_model, machine, time_generate  # noqa: E402
+from benchmarks.bench_generate import RESULTS, export_random_model, time_generate  # noqa: E402
+from benchmarks.machine import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = [chr(32 + i) for i in range(65)]  # export_random_model's vocabulary
