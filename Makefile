@@ -10,8 +10,10 @@ EXPORT_DIR ?= exported_models
 SAMPLE_ARGS ?= --prime "ROMEO:" --length 1000 --temperature 0.8
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
+# TensorFlow's C++ start-up chatter (CUDA probes, CPU flags) hides the progress bar; errors still show.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup train export sample test bench bench-train bench-generate bench-serve serve report clean
+.PHONY: setup train export sample test bench bench-train bench-generate bench-serve serve report clean k8s-tools images deploy undeploy
 
 setup: $(VENV)/.installed
 
@@ -35,7 +37,7 @@ sample: setup
 	$(PY) -m training.sample --model $(EXPORT_DIR)/$(MODEL_NAME) $(SAMPLE_ARGS)
 
 # pytest exits 5 when it collects no tests; make fails on any non-zero exit, so that is a failure too.
-test: setup
+test: setup k8s-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: bench-train bench-generate bench-serve
@@ -65,3 +67,35 @@ REPORT_DIR  ?= reports/$(MODEL_NAME)
 REPORT_ARGS ?=
 report: setup
 	$(PY) -m analysis.report --model $(EXPORT_DIR)/$(MODEL_NAME) --text $(REPORT_TEXT) --out $(REPORT_DIR) $(REPORT_ARGS)
+
+# --- Deploying (docs/deploy.md) ---------------------------------------------------------------------------------
+# The deploy checks' tools (kubectl with its kustomize, kubernetes-validate, checkov) live in their own virtual
+# environment: their dependency pins would fight TensorFlow's. tests/test_k8s_*.py use it; `make test` builds it.
+K8S_VENV       := .venv-k8s
+IMAGE_REGISTRY ?= registry.example.com/charlm
+IMAGE_TAG      ?= 0.1.0
+DOCKER         ?= docker
+K8S_OVERLAY    ?= k8s/overlays/prod
+# Your kubectl (and its kubeconfig) if there is one, else the tools environment's.
+KUBECTL        ?= $(if $(shell command -v kubectl),kubectl,$(K8S_VENV)/bin/kubectl)
+
+k8s-tools: $(K8S_VENV)/.installed
+
+$(K8S_VENV)/.installed: k8s/requirements-tools.txt
+	test -x $(K8S_VENV)/bin/python || $(PYTHON) -m venv $(K8S_VENV)
+	$(K8S_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r k8s/requirements-tools.txt
+	touch $@
+
+# The gateway and training images (needs a Docker engine); push them to IMAGE_REGISTRY before deploying.
+images:
+	$(DOCKER) build -f docker/gateway.Dockerfile -t $(IMAGE_REGISTRY)/gateway:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/train.Dockerfile -t $(IMAGE_REGISTRY)/train:$(IMAGE_TAG) .
+
+# TF Serving, the gateway and their volumes into the cluster of the current kubectl context.
+deploy:
+	$(KUBECTL) apply -k $(K8S_OVERLAY)
+
+# Everything deploy made except the namespace and the model and run volumes (label charlm.io/retain);
+# `$(KUBECTL) delete -k $(K8S_OVERLAY)` removes those too, and with them every model version.
+undeploy:
+	$(KUBECTL) delete -k $(K8S_OVERLAY) -l 'charlm.io/retain!=true' --ignore-not-found
