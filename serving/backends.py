@@ -81,13 +81,14 @@ class ModelInfo:
         meta = backend.call("metadata", version, METADATA_REQUEST)
         info = json.loads(meta["info"][0])
         vocab = tuple(c.decode("utf-8") for c in meta["vocab"][0])
+        state_size = int(meta["state_size"][0])
         probe = backend.call("activations", version, {"text": np.array([vocab[0]], object),
-                                                     "state": np.zeros([1, 0], np.float32)})
+                                                     "state": np.zeros([1, state_size], np.float32)})
         try:
             created = timegm(time.strptime(info.get("created", ""), "%Y-%m-%dT%H:%M:%SZ"))
         except ValueError:
             created = 0
-        return cls(name=backend.name, version=version, vocab=vocab, state_size=int(meta["state_size"][0]),
+        return cls(name=backend.name, version=version, vocab=vocab, state_size=state_size,
                    num_layers=probe["hidden"].shape[2], hidden_size=probe["hidden"].shape[3],
                    cell="lstm" if "cell" in probe else info.get("cell", "rnn"), created=created, info=info)
 

@@ -37,6 +37,7 @@ class Stream:
     top_p: float
     seed: int
     version: int  # the model version its state belongs to
+    state_size: int  # that version's state width
     sink: queue.SimpleQueue = field(repr=False)
     cancelled: bool = False  # set by the request's thread; read before every call
     generating_calls: int = 0
@@ -134,12 +135,10 @@ class Batcher:
         pieces = [s.prompt[: self.settings.prompt_chunk] for s in rows]
         rests = [s.prompt[self.settings.prompt_chunk:] for s in rows]
         num_chars = [0 if rest else min(chunk, s.remaining) for s, rest in zip(rows, rests)]
-        widths = {s.state.shape[0] for s in rows if s.state is not None}
-        if widths:
-            width = widths.pop()
-            state = np.stack([s.state if s.state is not None else np.zeros(width, np.float32) for s in rows])
-        else:
-            state = np.zeros([len(rows), 0], np.float32)
+        # Always the full width, zeros for a fresh start: TF Serving's batching stacks calls from many
+        # gateways and fails a batch whose inputs differ beyond the batch dimension ([n, 0] next to [m, width]).
+        width = rows[0].state_size
+        state = np.stack([s.state if s.state is not None else np.zeros(width, np.float32) for s in rows])
         inputs = {
             "prompt": np.array(pieces, dtype=object), "state": state,
             "num_chars": np.array(num_chars, np.int32),

@@ -46,7 +46,7 @@ class RequestStreams:
     @classmethod
     def submit(cls, batcher: Batcher, model: ModelInfo, rows: list[dict], endpoint: str, settings, metrics):
         sink = queue.SimpleQueue()
-        streams = [Stream(index=i, version=model.version, sink=sink, **row) for i, row in enumerate(rows)]
+        streams = [Stream(index=i, version=model.version, state_size=model.state_size, sink=sink, **row) for i, row in enumerate(rows)]
         try:
             batcher.submit(streams)
         except TooManyStreams as e:

@@ -29,8 +29,9 @@ def read_state(token: str | None, model: ModelInfo) -> tuple[int | None, np.ndar
         raise bad_request(str(e), "state", code="invalid_state") from None
 
 
-def state_input(state: np.ndarray | None) -> np.ndarray:
-    return state[None, :] if state is not None else np.zeros([1, 0], np.float32)
+def state_input(state: np.ndarray | None, model: ModelInfo) -> np.ndarray:
+    """Full width always (zeros for a fresh start), so TF Serving's batching can stack it with any other call."""
+    return state[None, :] if state is not None else np.zeros([1, model.state_size], np.float32)
 
 
 @bp.post("/generate")
@@ -88,7 +89,7 @@ def score():
     kept_seed, state = read_state(body.state, model)
     check_vocabulary(model, body.text, "text")
     out = current_backend().call("score", model.version, {"text": np.array([body.text], object),
-                                                          "state": state_input(state)},
+                                                          "state": state_input(state, model)},
                                  ("log_probs", "lengths", "bits_per_char", "state", "unknown_chars"))
     length = int(out["lengths"][0])
     log2 = (out["log_probs"][0, :length] / math.log(2)).round(5).tolist() if body.per_char else None
@@ -112,7 +113,7 @@ def activations():
     if model.cell != "lstm" and source != "hidden":
         raise bad_request(f"a {model.cell} model has only 'hidden' activations", "kind")
     out = current_backend().call("activations", model.version, {"text": np.array([body.text], object),
-                                                                "state": state_input(state)},
+                                                                "state": state_input(state, model)},
                                  (source, "lengths", "state", "unknown_chars"))
     length = int(out["lengths"][0])
     values = out[source][0, :length, layer, :]

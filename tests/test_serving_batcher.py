@@ -23,7 +23,8 @@ class RecordingBackend:
     def call(self, signature, version, inputs, outputs=None):
         self.gate.wait()
         self.calls.append({"seeds": inputs["seed"].tolist(), "num_chars": inputs["num_chars"].tolist(),
-                           "prompt_lengths": [len(p) for p in inputs["prompt"]]})
+                           "prompt_lengths": [len(p) for p in inputs["prompt"]],
+                           "state_shape": inputs["state"].shape})
         if self.fail:
             raise BackendUnavailable("TF Serving is down (test)")
         return self.backend.call(signature, version, inputs, outputs)
@@ -34,6 +35,17 @@ def local(exported_model):
     return shared_app(exported_model[0]).extensions["charlm.backend"]  # only called, never changed
 
 
+STATE_SIZE = 65  # the session's tiny model: 1 layer x (h, c) x 32 units + the position
+
+
+def test_fresh_rows_get_full_width_zero_states(local):
+    """TF Serving's batching stacks calls from many gateways: every call must send the full state width."""
+    batcher, backend = make_batcher(local)
+    _, sink = submit(batcher, dict(prompt="ROMEO:", remaining=10, seed=1), dict(prompt="", remaining=10, seed=2))
+    collect(sink, 2)
+    assert backend.calls and all(call["state_shape"][1] == STATE_SIZE for call in backend.calls)
+
+
 def make_batcher(local, **settings):
     backend = RecordingBackend(local)
     return Batcher(backend, Settings(model_dir="unused", **settings), Metrics()), backend
@@ -41,7 +53,8 @@ def make_batcher(local, **settings):
 
 def submit(batcher, *rows):
     sink = queue.SimpleQueue()
-    streams = [Stream(index=i, sink=sink, version=1, **{"prompt": "", "state": None, "temperature": 1.0,
+    streams = [Stream(index=i, sink=sink, version=1, state_size=STATE_SIZE, **{"prompt": "", "state": None,
+                                                                               "temperature": 1.0,
                                                           "top_k": 0, "top_p": 1.0, **row})
                for i, row in enumerate(rows)]
     batcher.submit(streams)

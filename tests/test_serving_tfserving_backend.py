@@ -67,6 +67,9 @@ def test_models_readyz_score_activations(client, service):
     activations = [r for r in service.requests if r.model_spec.signature_name == "activations"]
     assert list(activations[-1].output_filter) == ["hidden", "lengths", "state", "unknown_chars"]
     # Looking for the newest version sends no version: TF Serving answers with its newest, and names it.
+    # TF Serving's batching stacks calls: none may send a zero-width state beside full-width ones.
+    widths = {r.inputs["state"].tensor_shape.dim[1].size for r in service.requests if "state" in r.inputs}
+    assert widths == {2 * 32 + 1}
     metadata = [r for r in service.requests if r.model_spec.signature_name == "metadata"]
     assert any(not r.model_spec.HasField("version") for r in metadata)
 
