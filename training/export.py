@@ -270,9 +270,18 @@ def build_module(model, vocab, info: dict):
 
         def prime_and_sample(self, ids, lengths, parts, position, num_chars, temperature, top_k, top_p, seed,
                              fused_cell, filtered):
-            parts, position, _, _ = self.consume(ids, lengths, parts, position)
             halves = fused_cell and cell == "lstm"
-            carried = [piece for p in parts for piece in (p[:, :hidden // 2], p[:, hidden // 2:])] if halves else parts
+            if halves:
+                # A few rows: the prompt too goes character by character on both cores, as generation does.
+                carried = [piece for p in parts for piece in (p[:, :hidden // 2], p[:, hidden // 2:])]
+                for t in tf.range(tf.shape(ids)[1]):
+                    active = t < lengths
+                    new = self.step_halves(tf.maximum(ids[:, t], 0), carried)
+                    carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
+                position = position + tf.cast(lengths, tf.float32)
+            else:
+                parts, position, _, _ = self.consume(ids, lengths, parts, position)
+                carried = parts
             longest = tf.reduce_max(tf.concat([num_chars, [0]], 0))
             out = tf.TensorArray(tf.int32, size=longest + 1)  # a spare row: stacking size 0 fails
             for i in tf.range(longest):
