@@ -158,6 +158,13 @@ def build_module(model, vocab, info: dict):
             unknown = tf.strings.reduce_join(tf.ragged.boolean_mask(chars, ids < 0), axis=1)
             return ids.to_tensor(-1), tf.cast(ids.row_lengths(), tf.int32), unknown
 
+        def read(self, text, state):
+            """Encode texts and unpack their states. A row with unknown characters is read as empty (its
+            length to consume is 0), so it is left untouched and reported, never half-read."""
+            ids, lengths, unknown = self.encode(text)
+            parts, position = self.unpack(state)
+            return ids, lengths, tf.where(tf.strings.length(unknown) == 0, lengths, 0), unknown, parts, position
+
         def consume(self, ids, lengths, parts, position, log_probs=False, collect=False):
             """Run the text through the recurrence; rows stop at their own length. Returns the new parts and
             position, and on request the log-probability of each character (batch, time) and the per-character
@@ -252,10 +259,8 @@ def build_module(model, vocab, info: dict):
             tf.debugging.assert_non_negative(num_chars, message="num_chars must be >= 0")
             tf.debugging.assert_less_equal(num_chars, MAX_CHARS_PER_CALL,
                                            message=f"num_chars must be <= {MAX_CHARS_PER_CALL} per call")
-            ids, lengths, unknown = self.encode(prompt)
-            usable = tf.strings.length(unknown) == 0  # a row with unknown characters generates nothing
-            parts, position = self.unpack(state)
-            lengths, num_chars = tf.where(usable, lengths, 0), tf.where(usable, num_chars, 0)
+            ids, _, lengths, unknown, parts, position = self.read(prompt, state)
+            num_chars = tf.where(tf.strings.length(unknown) == 0, num_chars, 0)  # nor generates anything
             args = (ids, lengths, parts, position, num_chars, temperature, top_k, top_p, seed)
             # Choose the loop once per call, not per character: conds inside the loop cost every step.
             small = tf.shape(prompt)[0] <= FUSED_CELL_MAX_BATCH
@@ -301,23 +306,17 @@ def build_module(model, vocab, info: dict):
 
         @tf.function(input_signature=[string_spec, state_spec])
         def score(self, text, state):
-            ids, lengths, unknown = self.encode(text)
-            usable = tf.strings.length(unknown) == 0
-            parts, position = self.unpack(state)
-            parts, position, log_probs, _ = self.consume(ids, tf.where(usable, lengths, 0), parts, position,
-                                                         log_probs=True)
-            counted = tf.maximum(tf.where(usable, lengths, 0), 1)
+            ids, lengths, read_lengths, unknown, parts, position = self.read(text, state)
+            parts, position, log_probs, _ = self.consume(ids, read_lengths, parts, position, log_probs=True)
+            counted = tf.maximum(read_lengths, 1)
             bits = -tf.reduce_sum(log_probs, axis=1) / tf.cast(counted, tf.float32) / float(np.log(2.0))
             return {"log_probs": log_probs, "lengths": lengths, "bits_per_char": bits,
                     "state": self.pack(parts, position), "unknown_chars": unknown}
 
         @tf.function(input_signature=[string_spec, state_spec])
         def activations(self, text, state):
-            ids, lengths, unknown = self.encode(text)
-            usable = tf.strings.length(unknown) == 0
-            parts, position = self.unpack(state)
-            parts, position, _, trace = self.consume(ids, tf.where(usable, lengths, 0), parts, position,
-                                                     collect=True)
+            ids, lengths, read_lengths, unknown, parts, position = self.read(text, state)
+            parts, position, _, trace = self.consume(ids, read_lengths, parts, position, collect=True)
             trace = tf.transpose(trace, [1, 0, 2])  # (batch, time, layers * (per_layer + 4 if lstm) * hidden)
             steps = tf.shape(trace)[1]
             batch = tf.shape(trace)[0]
