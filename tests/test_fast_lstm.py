@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 import keras
 
-from training.fast_lstm import FastLSTM
+from training.fast_lstm import FastLSTM, lstm_sequence, lstm_sequence_from_ids, lstm_stack
 
 BATCH, TIME, FEATURES, UNITS = 3, 11, 5, 16
 
@@ -28,15 +28,19 @@ def inputs(time=TIME, seed=1):
     return x, h0, c0
 
 
+def weighted_loss(tensors):
+    """A loss that weighs every element of every tensor differently, so no gradient can hide."""
+    return sum(tf.reduce_sum(t * tf.reshape(tf.sin(tf.range(tf.size(t), dtype=tf.float32) + k), tf.shape(t)))
+               for k, t in enumerate(tensors))
+
+
 def outputs_and_grads(layer, x, h0, c0, training=True, mask=None):
     """Everything the layer returns, and the gradients of a loss that weighs every output differently."""
     with tf.GradientTape() as tape:
         tape.watch([x, h0, c0])
         out = layer(x, initial_state=[h0, c0], training=training, mask=mask)
         out = list(out) if isinstance(out, (list, tuple)) else [out]
-        weights = [tf.reshape(tf.sin(tf.range(tf.size(o), dtype=tf.float32) + k), tf.shape(o))
-                   for k, o in enumerate(out)]
-        loss = sum(tf.reduce_sum(o * w) for o, w in zip(out, weights))
+        loss = weighted_loss(out)
     sources = {"x": x, "h0": h0, "c0": c0, **{w.name: w for w in layer.trainable_weights}}
     return out, dict(zip(sources, tape.gradient(loss, list(sources.values()))))
 
@@ -142,3 +146,118 @@ def test_same_weights_config_and_serialization_as_lstm():
     assert config == keras.layers.LSTM(UNITS, return_sequences=True, dropout=0.1, name="lstm_0").get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(restored) is FastLSTM and restored.get_config() == config
+
+
+VOCAB, EMBEDDING = 7, FEATURES
+
+
+def stacks(num_layers=2):
+    """Stock LSTM layers and FastLSTM layers with the same random weights, each returning sequences and
+    states (as CharRNN builds them), and a random embedding table."""
+    rng = np.random.default_rng(2)
+    refs, fasts = [], []
+    for i in range(num_layers):
+        ref = keras.layers.LSTM(UNITS, return_sequences=True, return_state=True)
+        fast = FastLSTM(UNITS, return_sequences=True, return_state=True)
+        for layer in (ref, fast):
+            layer.build((None, None, EMBEDDING if i == 0 else UNITS))
+        weights = [rng.normal(0, 0.4, w.shape).astype("float32") for w in ref.get_weights()]
+        ref.set_weights(weights)
+        fast.set_weights(weights)
+        refs.append(ref)
+        fasts.append(fast)
+    embeddings = tf.Variable(rng.normal(size=(VOCAB, EMBEDDING)).astype("float32"), name="embeddings")
+    return refs, fasts, embeddings
+
+
+def stock_stack(ids, embeddings, layers, states, between):
+    """The plain computation lstm_stack reschedules: embed, then each layer on the whole sequence."""
+    x, new_states = tf.gather(embeddings, ids), []  # (batch, time, embedding)
+    for i, layer in enumerate(layers):
+        x, h, c = layer(x, initial_state=states[2 * i:2 * i + 2], training=True)
+        x = between(i, x)
+        new_states += [h, c]
+    return x, new_states
+
+
+def stack_outputs_and_grads(run, ids, embeddings, layers, states):
+    def between(i, x):  # elementwise and different per layer, as dropout's mask is
+        return x * (1.0 + 0.5 * i) + 0.1
+
+    with tf.GradientTape() as tape:
+        tape.watch(states)
+        out, new_states = run(ids, embeddings, layers, states, between)
+        flat = [out, *new_states]
+        loss = weighted_loss(flat)
+    sources = {"embeddings": embeddings, **{f"state_{k}": s for k, s in enumerate(states)},
+               **{f"{w.path}": w for layer in layers for w in layer.trainable_weights}}
+    grads = tape.gradient(loss, list(sources.values()))
+    return flat, [(name, g) for name, g in zip(sources, grads)]
+
+
+@pytest.mark.parametrize("time, chunks", [(11, 1), (11, 3), (11, 11), (4, 9)],
+                         ids=["one chunk", "uneven chunks", "a step per chunk", "more chunks than steps"])
+def test_wavefront_stack_matches_stock_layers(time, chunks, stock_loop_calls):
+    refs, fasts, embeddings = stacks()
+    rng = np.random.default_rng(3)
+    ids = tf.constant(rng.integers(0, VOCAB, size=(BATCH, time)), tf.int32)  # (batch, time)
+    states = [tf.constant(rng.normal(size=(BATCH, UNITS)), tf.float32) for _ in range(4)]
+
+    def wavefront(ids, embeddings, layers, states, between):
+        return lstm_stack(ids, embeddings, layers, states, between, chunks=chunks)
+
+    ref_out, ref_grads = stack_outputs_and_grads(stock_stack, ids, embeddings, refs, states)
+    fast_out, fast_grads = stack_outputs_and_grads(wavefront, ids, embeddings, fasts, states)
+    assert "FastLSTM" not in stock_loop_calls
+    assert [o.shape for o in fast_out] == [o.shape for o in ref_out]
+    for a, b in zip(fast_out, ref_out):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert len(fast_grads) == len(ref_grads) == 1 + 4 + 2 * 3
+    for (name, a), (_, b) in zip(fast_grads, ref_grads):
+        a, b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)  # the embedding's gradient is sparse
+        scale = np.abs(b).max()
+        np.testing.assert_allclose(a / scale, b / scale, atol=1e-4, err_msg=f"gradient w.r.t. {name}")
+
+
+def test_wavefront_stack_traced_with_unknown_time_matches_stock_layers():
+    refs, fasts, embeddings = stacks()
+    rng = np.random.default_rng(4)
+    ids = tf.constant(rng.integers(0, VOCAB, size=(BATCH, 9)), tf.int32)
+    states = [tf.zeros((BATCH, UNITS)) for _ in range(4)]
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32)])
+    def wavefront(ids):
+        return lstm_stack(ids, embeddings, fasts, states, chunks=3)
+
+    out, new_states = wavefront(ids)
+    ref_out, ref_states = stock_stack(ids, embeddings, refs, states, lambda i, x: x)
+    for a, b in zip([out, *new_states], [ref_out, *ref_states]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_sequence_from_ids_matches_sequence_on_embedded_ids():
+    _, fast = pair()
+    rng = np.random.default_rng(5)
+    table = tf.constant(rng.normal(size=(VOCAB, FEATURES)), tf.float32)  # (vocab, features)
+    ids = tf.constant(rng.integers(0, VOCAB, size=(TIME, BATCH)), tf.int32)  # (time, batch)
+    _, h0, c0 = inputs()
+    kernel, bias, recurrent_kernel = (tf.convert_to_tensor(w) for w in
+                                      (fast.cell.kernel, fast.cell.bias, fast.cell.recurrent_kernel))
+
+    def run(from_ids):
+        with tf.GradientTape() as tape:
+            tape.watch([table, kernel, bias, recurrent_kernel, h0, c0])
+            if from_ids:
+                projected = tf.nn.bias_add(tf.matmul(table, kernel), bias)  # (vocab, 4*units)
+                out = lstm_sequence_from_ids(ids, projected, recurrent_kernel, h0, c0)
+            else:
+                out = lstm_sequence(tf.gather(table, ids), kernel, bias, recurrent_kernel, h0, c0)
+            loss = weighted_loss(out)
+        return out, tape.gradient(loss, [table, kernel, bias, recurrent_kernel, h0, c0])
+
+    (out_a, grads_a), (out_b, grads_b) = run(True), run(False)
+    for a, b in zip(out_a, out_b):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(grads_a, grads_b):
+        a, b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)  # tf.gather's gradient is sparse
+        np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import training.model
 from training.config import TrainConfig
+from training.fast_lstm import lstm_stack
 from training.model import CharRNN
 
 
@@ -40,3 +42,22 @@ def test_dropout_is_active_only_in_training():
     c, _ = model(ids, model.zero_state(1), training=True)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+def test_training_path_carrying_state_in_chunks_equals_inference_on_the_whole_sequence(monkeypatch):
+    """The training call of an LSTM stack (fast_lstm.lstm_stack's wavefront) computes what inference
+    computes, and carries state across calls as inference does."""
+    calls = []
+    monkeypatch.setattr(training.model, "lstm_stack", lambda *args: calls.append(args) or lstm_stack(*args))
+    model = CharRNN(vocab_size=11, config=TrainConfig(embedding_size=8, hidden_size=16, num_layers=3, dropout=0.0))
+    model.time_chunks = 4
+    ids = tf.constant(np.random.default_rng(1).integers(0, 11, size=(3, 23)), tf.int32)  # (batch, time)
+    whole, whole_states = model(ids, model.zero_state(3))
+    states, chunks = model.zero_state(3), []
+    for begin in range(0, 23, 10):  # 10, 10, 3: each call is itself cut into up to 4 pieces
+        logits, states = model(ids[:, begin:begin + 10], states, training=True)
+        chunks.append(logits)
+    assert len(calls) == 3
+    np.testing.assert_allclose(tf.concat(chunks, axis=1), whole, atol=1e-5)
+    for a, b in zip(states, whole_states):
+        np.testing.assert_allclose(a, b, atol=1e-5)

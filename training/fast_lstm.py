@@ -12,6 +12,15 @@ replaces only that loop when training in the plain configuration:
   (time * batch) rows: d_recurrent_kernel = H_prev^T @ dGates, d_kernel = X^T @ dGates,
   d_bias = sum(dGates), d_inputs = dGates @ kernel^T.
 
+CharRNN trains a stack of these layers through lstm_stack (below), which adds two things for the embedded
+first layer and the stack as a whole:
+
+- the first layer's input projection is a per-token table, embeddings @ kernel + bias (vocab rows), looked
+  up inside the loop, instead of a (time*batch, embedding) @ (embedding, 4*units) matmul;
+- the sequence is cut into a few time chunks carrying (h, c), so that layer 2 runs chunk k while layer 1
+  runs chunk k+1 (and the reverse in the backward pass): each step's matmul is too small to keep two cores
+  busy, two loops side by side do (a wavefront over layers and time).
+
 The two loops are XLA-compiled on their own (tf.function(jit_compile=True)): XLA fuses each step's ~20
 gate ops into a few kernels and keeps the per-step tensors in preallocated buffers, and its per-step matmul
 is fastest in the transposed form used below, (4*units, units) @ (units, batch). The large matmuls stay in
@@ -31,16 +40,15 @@ def _buffer(dtype, size):
     return tf.TensorArray(dtype, size=size, clear_after_read=False)
 
 
-@tf.function(jit_compile=True)
-def _forward_loop(xp, h0, c0, recurrent_kernel):
-    """xp (time, batch, 4*units), h0 and c0 (batch, units) -> every step's h, c and gate activations."""
-    steps = tf.shape(xp)[0]
+def _run_forward(steps, step_input, h0, c0, recurrent_kernel, dtype):
+    """The loop shared by both forward functions below; step_input(t) is x_t @ kernel + bias as
+    (4*units, batch)."""
     rk_t = tf.transpose(recurrent_kernel)  # (4*units, units)
 
     # Inside the loop h and c are (units, batch): the (4*units, units) @ (units, batch) matmul is faster
     # than (batch, units) @ (units, 4*units) here, and each gate is then a contiguous row block.
     def step(t, h, c, hs, cs, gates):
-        z = tf.transpose(xp[t]) + tf.matmul(rk_t, h)  # (4*units, batch)
+        z = step_input(t) + tf.matmul(rk_t, h)  # (4*units, batch)
         i, f, g, o = tf.split(z, 4, axis=0)
         i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
         c = f * c + i * g
@@ -50,13 +58,27 @@ def _forward_loop(xp, h0, c0, recurrent_kernel):
                 gates.write(t, tf.concat([i, f, g, o], axis=0)))
 
     # h and c buffers hold the initial state at index 0: step t finds its predecessor at t
-    hs = _buffer(xp.dtype, steps + 1).write(0, h0)
-    cs = _buffer(xp.dtype, steps + 1).write(0, tf.transpose(c0))
+    hs = _buffer(dtype, steps + 1).write(0, h0)
+    cs = _buffer(dtype, steps + 1).write(0, tf.transpose(c0))
     _, h, c, hs, cs, gates = tf.while_loop(
         lambda t, *_: t < steps, step, maximum_iterations=steps,
-        loop_vars=(0, tf.transpose(h0), tf.transpose(c0), hs, cs, _buffer(xp.dtype, steps)))
-    # hs (time+1, batch, units), cs (time+1, units, batch), gates (time, 4*units, batch)
+        loop_vars=(0, tf.transpose(h0), tf.transpose(c0), hs, cs, _buffer(dtype, steps)))
+    # hs and cs (time+1, units, batch), gates (time, 4*units, batch)
     return hs.stack(), cs.stack(), gates.stack(), tf.transpose(h), tf.transpose(c)
+
+
+@tf.function(jit_compile=True)
+def _forward_loop(xp, h0, c0, recurrent_kernel):
+    """xp (time, batch, 4*units), h0 and c0 (batch, units) -> every step's h, c and gate activations."""
+    return _run_forward(tf.shape(xp)[0], lambda t: tf.transpose(xp[t]), h0, c0, recurrent_kernel, xp.dtype)
+
+
+@tf.function(jit_compile=True)
+def _forward_loop_from_ids(ids, table, h0, c0, recurrent_kernel):
+    """ids (time, batch) index rows of table (vocab, 4*units); otherwise as _forward_loop."""
+    table_t = tf.transpose(table)  # (4*units, vocab): a step's input is a gather of columns, no transpose
+    return _run_forward(tf.shape(ids)[0], lambda t: tf.gather(table_t, ids[t], axis=1), h0, c0,
+                        recurrent_kernel, table.dtype)
 
 
 @tf.function(jit_compile=True)
@@ -81,11 +103,27 @@ def _backward_loop(gates, cs, d_hs, d_h, d_c, recurrent_kernel):
     return d_gates.stack(), tf.transpose(dh), tf.transpose(dc)
 
 
+def _gradients(hs, cs, gates, h0, c0, recurrent_kernel, d_outputs, d_h, d_c):
+    """The backward loop and the recurrent kernel's gradient, shared by both sequence functions.
+    Returns dGates (time*batch, 4*units), d_recurrent_kernel, d_h0, d_c0."""
+    units = recurrent_kernel.shape[0]
+    d_outputs = tf.zeros_like(hs[1:]) if d_outputs is None else d_outputs
+    d_h = tf.zeros_like(h0) if d_h is None else d_h
+    d_c = tf.zeros_like(c0) if d_c is None else d_c
+    d_gates, d_h0, d_c0 = _backward_loop(
+        *map(tf.stop_gradient, (gates, cs, d_outputs, d_h, d_c, recurrent_kernel)))
+    d_gates = tf.reshape(d_gates, (-1, 4 * units))  # (time*batch, 4*units)
+    # (units, time*batch): h_{t-1} of each row; one transpose here instead of one per step in the loops
+    h_prev = tf.reshape(hs[:-1], (-1, units))
+    return d_gates, tf.matmul(h_prev, d_gates, transpose_a=True), d_h0, d_c0
+
+
 def lstm_sequence(x, kernel, bias, recurrent_kernel, h0, c0):
     """The LSTM over a time-major sequence with a hand-written gradient. Gate order i, f, c, o (Keras').
 
     x (time, batch, input_dim), kernel (input_dim, 4*units), bias (4*units,),
-    recurrent_kernel (units, 4*units), h0 and c0 (batch, units) -> outputs (time, batch, units), h, c.
+    recurrent_kernel (units, 4*units), h0 and c0 (batch, units) -> outputs (time, units, batch), h, c.
+    Outputs come feature-major, as the loops keep them: the caller transposes once for all steps.
     """
 
     @tf.custom_gradient
@@ -97,14 +135,8 @@ def lstm_sequence(x, kernel, bias, recurrent_kernel, h0, c0):
         hs, cs, gates, h, c = _forward_loop(*map(tf.stop_gradient, (xp, h0, c0, recurrent_kernel)))
 
         def grad(d_outputs, d_h, d_c):
-            d_outputs = tf.zeros_like(hs[1:]) if d_outputs is None else d_outputs
-            d_h = tf.zeros_like(h0) if d_h is None else d_h
-            d_c = tf.zeros_like(c0) if d_c is None else d_c
-            d_gates, d_h0, d_c0 = _backward_loop(
-                *map(tf.stop_gradient, (gates, cs, d_outputs, d_h, d_c, recurrent_kernel)))
-            d_gates = tf.reshape(d_gates, (-1, 4 * units))  # (time*batch, 4*units)
-            h_prev = tf.reshape(hs[:-1], (-1, units))  # (time*batch, units): h_{t-1} of each row
-            d_recurrent_kernel = tf.matmul(h_prev, d_gates, transpose_a=True)
+            d_gates, d_recurrent_kernel, d_h0, d_c0 = _gradients(
+                hs, cs, gates, h0, c0, recurrent_kernel, d_outputs, d_h, d_c)
             d_kernel = tf.matmul(x2, d_gates, transpose_a=True)
             # a (1, rows) @ (rows, 4*units) matmul sums the rows several times faster than reduce_sum
             d_bias = tf.matmul(tf.ones((1, tf.shape(d_gates)[0]), d_gates.dtype), d_gates)[0]
@@ -116,6 +148,30 @@ def lstm_sequence(x, kernel, bias, recurrent_kernel, h0, c0):
     return run(x, kernel, bias, recurrent_kernel, h0, c0)
 
 
+def lstm_sequence_from_ids(ids, table, recurrent_kernel, h0, c0):
+    """The LSTM over embedded token ids, given each token's input projection.
+
+    ids (time, batch) int, table (vocab, 4*units) = embeddings @ kernel + bias: x_t @ kernel + bias is
+    row ids[t] of the table, so the projection costs vocab rows instead of time*batch and its gradient is
+    a sum of dGates rows per id. -> outputs (time, units, batch), h, c, as lstm_sequence.
+    """
+
+    @tf.custom_gradient
+    def run(table, recurrent_kernel, h0, c0):
+        hs, cs, gates, h, c = _forward_loop_from_ids(
+            ids, *map(tf.stop_gradient, (table, h0, c0, recurrent_kernel)))
+
+        def grad(d_outputs, d_h, d_c):
+            d_gates, d_recurrent_kernel, d_h0, d_c0 = _gradients(
+                hs, cs, gates, h0, c0, recurrent_kernel, d_outputs, d_h, d_c)
+            d_table = tf.math.unsorted_segment_sum(d_gates, tf.reshape(ids, (-1,)), tf.shape(table)[0])
+            return d_table, d_recurrent_kernel, d_h0, d_c0
+
+        return (hs[1:], h, c), grad
+
+    return run(table, recurrent_kernel, h0, c0)
+
+
 def _is(fn, *candidates):
     return any(fn is c for c in candidates)
 
@@ -124,7 +180,8 @@ def _is(fn, *candidates):
 class FastLSTM(keras.layers.LSTM):
     """keras.layers.LSTM, with the fast CPU training path of this module's docstring."""
 
-    def _fast_path(self, mask, training) -> bool:
+    def trains_fast(self, mask=None, training=False) -> bool:
+        """Whether this call takes the fast path (else keras.layers.LSTM's own loop runs)."""
         cell = self.cell
         return bool(
             training
@@ -144,7 +201,7 @@ class FastLSTM(keras.layers.LSTM):
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if keras.tree.is_nested(mask):
             mask = mask[0]
-        if not self._fast_path(mask, training):
+        if not self.trains_fast(mask, training):
             return super().inner_loop(sequences, initial_state, mask, training=training)
 
         cell = self.cell
@@ -159,3 +216,43 @@ class FastLSTM(keras.layers.LSTM):
             outputs = h[:, None]  # (batch, 1, units): what keras' rnn() returns for the last step only
         # the contract of keras' rnn(): (last output, outputs, states)
         return h, outputs, [h, c]
+
+
+def lstm_stack(ids, embeddings, layers, states, between=None, chunks=5):
+    """A stack of FastLSTM layers over embedded token ids, run as a wavefront over time chunks.
+
+    Each layer's sequence is cut into `chunks` pieces that carry (h, c) from one to the next. TensorFlow runs
+    an op as soon as its inputs exist, so layer l+1 works on chunk k while layer l works on chunk k+1, and the
+    backward pass mirrors that: two XLA loops at once keep both cores busier than one loop that splits each
+    small step across them (measured: two concurrent loops take ~0.7x the time of the same two in a row).
+    The first layer's input projection is a per-token table (lstm_sequence_from_ids). Same results as
+    calling the layers one after the other on the whole sequence.
+
+    ids (batch, time) int; embeddings (vocab, embedding); layers: FastLSTMs with trains_fast(training=True);
+    states: flat [h, c] per layer, each (batch, units); between(i, x) is applied to layer i's output chunk
+    (time, batch, units) before the next layer reads it (dropout).
+    -> the last layer's outputs (batch, time, units) and the new flat state list.
+    """
+    steps = ids.shape[1]
+    chunks = max(1, min(chunks, steps or 1))  # an unknown length runs as one chunk
+    bounds = [round(k * steps / chunks) for k in range(chunks + 1)] if steps else [0, None]
+    ids = tf.transpose(ids)  # (time, batch)
+    pieces = [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    new_states = []
+    for i, layer in enumerate(layers):
+        cell = layer.cell
+        kernel, bias, recurrent_kernel = (tf.convert_to_tensor(w) for w in
+                                          (cell.kernel, cell.bias, cell.recurrent_kernel))
+        if i == 0:
+            table = tf.nn.bias_add(tf.matmul(embeddings, kernel), bias)  # (vocab, 4*units)
+        h, c = states[2 * i], states[2 * i + 1]
+        outputs = []
+        for piece in pieces:
+            if i == 0:
+                out, h, c = lstm_sequence_from_ids(piece, table, recurrent_kernel, h, c)
+            else:
+                out, h, c = lstm_sequence(piece, kernel, bias, recurrent_kernel, h, c)
+            outputs.append(between(i, out) if between else out)  # (chunk, batch, units)
+        pieces = outputs
+        new_states += [h, c]
+    return tf.transpose(tf.concat(pieces, axis=0), (1, 0, 2)), new_states

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from training.config import TrainConfig
-from training.fast_lstm import FastLSTM
+from training.fast_lstm import FastLSTM, lstm_stack
 
 
 def recurrent_layer(cell: str, units: int, name: str) -> keras.layers.Layer:
@@ -37,6 +37,9 @@ class CharRNN(keras.Model):
         self.dropouts = [keras.layers.Dropout(config.dropout, seed=config.seed + i, name=f"dropout_{i}")
                          for i in range(config.num_layers)]
         self.head = keras.layers.Dense(vocab_size, name="head")
+        # Pieces of the sequence the fast LSTM training path runs as a wavefront (fast_lstm.lstm_stack): 5
+        # was fastest for the medium shape on 2 cores (2-10 all beat 1; 20 loses to per-call overhead).
+        self.time_chunks = 5
         self(tf.zeros((1, 1), tf.int32), self.zero_state(1))  # create the weights now
 
     @property
@@ -60,6 +63,11 @@ class CharRNN(keras.Model):
 
     def call(self, ids, states, training=False):
         """ids (batch, time) int32 and a flat state list -> logits (batch, time, vocab) and the new states."""
+        if all(isinstance(layer, FastLSTM) and layer.trains_fast(training=training) for layer in self.recurrent):
+            # the same computation, scheduled as a wavefront over time chunks (fast_lstm.lstm_stack)
+            x, new_states = lstm_stack(ids, self.embedding.embeddings, self.recurrent, states,
+                                       lambda i, x: self.dropouts[i](x, training=training), self.time_chunks)
+            return self.head(x), new_states  # (batch, time, vocab)
         x = self.embedding(ids)  # (batch, time, embedding)
         k = self.states_per_layer
         new_states = []
