@@ -63,7 +63,7 @@ def _run_forward(steps, step_input, h0, c0, recurrent_kernel, dtype):
     _, h, c, hs, cs, gates = tf.while_loop(
         lambda t, *_: t < steps, step, maximum_iterations=steps,
         loop_vars=(0, tf.transpose(h0), tf.transpose(c0), hs, cs, _buffer(dtype, steps)))
-    # hs and cs (time+1, units, batch), gates (time, 4*units, batch)
+    # hs (time+1, batch, units), cs (time+1, units, batch), gates (time, 4*units, batch)
     return hs.stack(), cs.stack(), gates.stack(), tf.transpose(h), tf.transpose(c)
 
 
@@ -113,8 +113,7 @@ def _gradients(hs, cs, gates, h0, c0, recurrent_kernel, d_outputs, d_h, d_c):
     d_gates, d_h0, d_c0 = _backward_loop(
         *map(tf.stop_gradient, (gates, cs, d_outputs, d_h, d_c, recurrent_kernel)))
     d_gates = tf.reshape(d_gates, (-1, 4 * units))  # (time*batch, 4*units)
-    # (units, time*batch): h_{t-1} of each row; one transpose here instead of one per step in the loops
-    h_prev = tf.reshape(hs[:-1], (-1, units))
+    h_prev = tf.reshape(hs[:-1], (-1, units))  # (time*batch, units): h_{t-1} of each row
     return d_gates, tf.matmul(h_prev, d_gates, transpose_a=True), d_h0, d_c0
 
 
@@ -122,8 +121,7 @@ def lstm_sequence(x, kernel, bias, recurrent_kernel, h0, c0):
     """The LSTM over a time-major sequence with a hand-written gradient. Gate order i, f, c, o (Keras').
 
     x (time, batch, input_dim), kernel (input_dim, 4*units), bias (4*units,),
-    recurrent_kernel (units, 4*units), h0 and c0 (batch, units) -> outputs (time, units, batch), h, c.
-    Outputs come feature-major, as the loops keep them: the caller transposes once for all steps.
+    recurrent_kernel (units, 4*units), h0 and c0 (batch, units) -> outputs (time, batch, units), h, c.
     """
 
     @tf.custom_gradient
@@ -153,7 +151,7 @@ def lstm_sequence_from_ids(ids, table, recurrent_kernel, h0, c0):
 
     ids (time, batch) int, table (vocab, 4*units) = embeddings @ kernel + bias: x_t @ kernel + bias is
     row ids[t] of the table, so the projection costs vocab rows instead of time*batch and its gradient is
-    a sum of dGates rows per id. -> outputs (time, units, batch), h, c, as lstm_sequence.
+    a sum of dGates rows per id. -> outputs (time, batch, units), h, c, as lstm_sequence.
     """
 
     @tf.custom_gradient

@@ -38,7 +38,8 @@ class CharRNN(keras.Model):
                          for i in range(config.num_layers)]
         self.head = keras.layers.Dense(vocab_size, name="head")
         # Pieces of the sequence the fast LSTM training path runs as a wavefront (fast_lstm.lstm_stack): 5
-        # was fastest for the medium shape on 2 cores (2-10 all beat 1; 20 loses to per-call overhead).
+        # and 10 were fastest for the medium shape on 2 cores, 2 and 4 close behind, all ahead of one loop
+        # per layer; 20 loses that gain to per-call overhead (docs/results.md).
         self.time_chunks = 5
         self(tf.zeros((1, 1), tf.int32), self.zero_state(1))  # create the weights now
 
