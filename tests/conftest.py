@@ -65,7 +65,14 @@ def exported_model(trained_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def loaded_model(exported_model):
-    import tensorflow as tf
+def model_client(exported_model):
+    """The session's exported version through the model interface's in-process transport."""
+    from model_interface.client import InProcess, ModelClient
 
-    return tf.saved_model.load(str(exported_model[1]))
+    return ModelClient(InProcess(exported_model[1]))
+
+
+@pytest.fixture(scope="session")
+def loaded_model(model_client):
+    """The raw tf.saved_model.load() object of the session's version, for tests of the graph itself."""
+    return model_client.transport.loaded

@@ -57,13 +57,16 @@ def test_version_layout_and_metadata(exported_model, trained_run):
 def test_warmup_file_is_prediction_logs(exported_model):
     from tensorflow_serving.apis import prediction_log_pb2
 
+    from model_interface.signatures import INPUTS
+
     records = list(tf.data.TFRecordDataset(str(exported_model[1] / "assets.extra/tf_serving_warmup_requests")))
-    assert records
+    warmed = set()
     for record in records:
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         request = log.predict_log.request
-        assert request.model_spec.signature_name == "generate"
-        assert set(request.inputs) == {"prompt", "state", "num_chars", "temperature", "top_k", "top_p", "seed"}
+        warmed.add(request.model_spec.signature_name)
+        assert set(request.inputs) == {i.name for i in INPUTS[request.model_spec.signature_name]}
+    assert warmed == {"generate", "score", "activations", "metadata"}  # every signature, before any user
 
 
 def test_signature_defs_take_text_and_batch_first(loaded_model):

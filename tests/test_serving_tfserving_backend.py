@@ -1,10 +1,10 @@
-"""The `tfserving` backend against fake_tfserving (a stand-in speaking TF Serving's PredictionService
+"""The `tfserving` backend against tfserving_standins (a stand-in speaking TF Serving's PredictionService
 protocol over the same SavedModel, not TF Serving): same texts as in-process, the requests it sends, a
 restart of the server, the deadline."""
 import numpy as np
 import pytest
 
-from fake_tfserving import SavedModelPredictionService, serve
+from tfserving_standins import SavedModelPredictionService, serve
 from serving.app import create_app
 from serving.backends import BackendRejected, VersionGone
 from serving.settings import Settings

@@ -11,20 +11,19 @@ Keras is needed to load it. Signatures are documented in docs/model-signatures.m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-SIGNATURES = ("generate", "score", "activations", "metadata")
-METADATA_FILE = "charlm.json"
-WARMUP_FILE = "tf_serving_warmup_requests"
-MAX_CHARS_PER_CALL = 4096  # one call's chunk; longer texts are several calls carrying the state
+from model_interface import signatures, versions
+from model_interface.errors import MetadataError
+from model_interface.metadata import CREATED_FORMAT, ModelMetadata
+from model_interface.signatures import MAX_CHARS_PER_CALL
 FUSED_CELL_MAX_BATCH = 4  # up to this many rows, two LSTMBlockCell ops per layer beat separate ops
 
 GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
@@ -369,29 +368,6 @@ def mix(x):
     return x ^ shift(x, 31)
 
 
-def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.exists() else []
-    return max(versions, default=0) + 1
-
-
-def newest_version(model_dir: Path) -> Path | None:
-    versions = sorted((int(p.name), p) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) \
-        if model_dir.exists() else []
-    return versions[-1][1] if versions else None
-
-
-def remove_abandoned_builds(model_dir: Path) -> None:
-    """A killed export leaves .build-<pid>-* behind, never a version; sweep those whose process is gone."""
-    for build in model_dir.glob(".build-*"):
-        pid = int(build.name.split("-")[1])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(build, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -402,24 +378,65 @@ def write_warmup(path: Path, model_name: str) -> None:
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for batch in (1, 8):
+        for signature, inputs in signatures.warmup_calls():
             request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="generate"))
-            inputs = {"prompt": tf.constant(["\n"] * batch), "state": tf.zeros([batch, 0]),
-                      "num_chars": tf.fill([batch], 8), "temperature": tf.ones([batch]),
-                      "top_k": tf.zeros([batch], tf.int32), "top_p": tf.ones([batch]),
-                      "seed": tf.range(batch, dtype=tf.int64)}
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
             for name, value in inputs.items():
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
 
 
+def model_metadata(model_name: str, vocab, config, source: dict, val_loss: float | None = None,
+                   corpus: dict | None = None) -> ModelMetadata:
+    import tensorflow as tf
+
+    return ModelMetadata(
+        model_name=model_name, vocab=tuple(vocab.chars), cell=config.cell, num_layers=config.num_layers,
+        hidden_size=config.hidden_size, embedding_size=config.embedding_size,
+        state_size=ModelMetadata.state_size_for(config.cell, config.num_layers, config.hidden_size),
+        max_chars_per_call=signatures.MAX_CHARS_PER_CALL, signatures=signatures.SIGNATURES,
+        val_fraction=config.val_fraction, corpus_sha256=(corpus or {}).get("sha256"),
+        corpus_chars=(corpus or {}).get("chars"), val_loss=val_loss,
+        val_bpc=val_loss / float(np.log(2)) if val_loss is not None else None,
+        config=dataclasses.asdict(config), source=source,
+        created=time.strftime(CREATED_FORMAT, time.gmtime()), tensorflow=tf.__version__)
+
+
+def publish_model(model, vocab, config, export_dir: Path, model_name: str, metadata: ModelMetadata | None = None) -> Path:
+    """Build the SavedModel of a Keras CharRNN and publish it as the next version of export_dir/model_name.
+    Every export goes through here: trained runs, untrained (random-weights) models, hand-set weights."""
+    import tensorflow as tf
+
+    metadata = metadata or model_metadata(model_name, vocab, config, {"checkpoint": "untrained"})
+    module = build_module(model, vocab, metadata.model_dump(mode="json"))
+
+    def build(directory: Path) -> None:
+        concrete = {name: getattr(module, name).get_concrete_function() for name in signatures.SIGNATURES}
+        concrete[signatures.SERVING_DEFAULT] = concrete[signatures.GENERATE]
+        tf.saved_model.save(module, str(directory), signatures=concrete)
+        metadata.write(directory)
+        write_warmup(directory / versions.EXTRA_DIR / versions.WARMUP_FILE, model_name)
+
+    return versions.publish_version(Path(export_dir) / model_name, build)
+
+
+def export_untrained(config, chars, export_dir: Path, model_name: str = "charlm", seed: int = 0) -> Path:
+    """A version with random weights (Keras' initialisers, seeded): the same graph and work as a trained model,
+    for benchmarks and tests."""
+    import keras
+
+    from training.corpus import Vocab
+    from training.model import CharRNN
+
+    keras.utils.set_random_seed(seed)
+    vocab = Vocab(tuple(chars))
+    return publish_model(CharRNN(len(vocab), config), vocab, config, export_dir, model_name)
+
+
 def export_version(run_dir: Path, export_dir: Path = Path("exported_models"), model_name: str = "charlm",
                    checkpoint: str = "best", if_changed: bool = False) -> Path:
     """Export the run's checkpoint as the next version; returns the version directory."""
-    import tensorflow as tf
-
     from training.config import TrainConfig
     from training.corpus import Vocab
     from training.model import CharRNN
@@ -433,63 +450,28 @@ def export_version(run_dir: Path, export_dir: Path = Path("exported_models"), mo
     config = TrainConfig.load(run_dir / "config.json")
     vocab = Vocab.load(run_dir / "vocab.json")
     weights_sha256 = file_sha256(weights)
-    model_dir = Path(export_dir) / model_name
-    newest = newest_version(model_dir)
+    newest = versions.newest_version(Path(export_dir) / model_name)
     if if_changed and newest is not None:
-        previous = json.loads((newest / "assets.extra" / METADATA_FILE).read_text())
-        if previous.get("source", {}).get("weights_sha256") == weights_sha256:
+        try:
+            previous = ModelMetadata.read(newest).source.weights_sha256
+        except MetadataError:
+            previous = None
+        if previous == weights_sha256:
             print(f"{newest} already holds {weights}; nothing to export")
             return newest
 
     model = CharRNN(len(vocab), config)
     model.load_weights(weights)
     corpus = json.loads((run_dir / "corpus.json").read_text()) if (run_dir / "corpus.json").exists() else {}
-    best_val = None
+    val_loss = None
     if (run_dir / "history.csv").exists():
         import csv
 
         losses = [float(r["val_loss"]) for r in csv.DictReader(open(run_dir / "history.csv"))]
-        best_val = min(losses) if checkpoint == "best" and losses else (losses[-1] if losses else None)
-    per_layer = 2 if config.cell == "lstm" else 1
-    info = {
-        "model_name": model_name, "vocab": list(vocab.chars), "vocab_size": len(vocab),
-        "cell": config.cell, "num_layers": config.num_layers, "hidden_size": config.hidden_size,
-        "embedding_size": config.embedding_size,
-        "state_size": config.num_layers * per_layer * config.hidden_size + 1,
-        "state_layout": f"per layer {'h, c' if per_layer == 2 else 'h'} ({config.hidden_size} each), then the "
-                        "position (characters consumed), which keys the sampler",
-        "max_chars_per_call": MAX_CHARS_PER_CALL, "signatures": list(SIGNATURES),
-        "corpus_sha256": corpus.get("sha256"), "corpus_chars": corpus.get("chars"),
-        "val_loss": best_val, "val_bpc": best_val / np.log(2) if best_val is not None else None,
-        "config": json.loads((run_dir / "config.json").read_text()),
-        "source": {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint, "weights_sha256": weights_sha256},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "tensorflow": tf.__version__,
-    }
-    module = build_module(model, vocab, info)
-
-    model_dir.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_builds(model_dir)
-    build = model_dir / f".build-{os.getpid()}-{time.time_ns()}"
-    try:
-        signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
-        signatures["serving_default"] = signatures["generate"]
-        tf.saved_model.save(module, str(build), signatures=signatures)
-        extra = build / "assets.extra"
-        extra.mkdir()
-        (extra / METADATA_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        write_warmup(extra / WARMUP_FILE, model_name)
-        while True:  # another export may take the same number between our look and our rename
-            version = model_dir / str(next_version(model_dir))
-            try:
-                os.rename(build, version)
-                break
-            except OSError:
-                if not version.exists():
-                    raise
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-    return version
+        val_loss = min(losses) if checkpoint == "best" and losses else (losses[-1] if losses else None)
+    source = {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint, "weights_sha256": weights_sha256}
+    metadata = model_metadata(model_name, vocab, config, source, val_loss, corpus)
+    return publish_model(model, vocab, config, export_dir, model_name, metadata)
 
 
 def main(argv=None) -> int:
