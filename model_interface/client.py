@@ -156,13 +156,14 @@ class ModelClient:
 
     @classmethod
     def open(cls, model: str | Path | None = None, tfserving: str | None = None, name: str = "charlm",
-             version: int | None = None, deadline_s: float = 300.0) -> "ModelClient":
-        """`model`: a model or version directory, loaded in-process; `tfserving`: HOST:PORT of TF Serving."""
+             version: int | None = None, deadline_s: float = 300.0, what: str = "model") -> "ModelClient":
+        """`model`: a model or version directory, loaded in-process; `tfserving`: HOST:PORT of TF Serving.
+        `what` names where the path came from (a flag, a setting) in the message if it is wrong."""
         if tfserving:
             return cls(TFServingGrpc(tfserving, name, deadline_s), version)
         if model is None:
             raise ValueError("give a model directory or a TensorFlow Serving address")
-        version_dir = resolve_version(Path(model), version)  # a wrong path fails before TensorFlow's slow import
+        version_dir = resolve_version(Path(model), version, what)  # a wrong path fails before TensorFlow's slow import
         return cls(InProcess(version_dir, warm_up=False))
 
     @property

@@ -52,6 +52,20 @@ class SamplingSettings(BaseModel):
         return self.model_copy(update={"seed": (int(seed) + INT64) % (2 * INT64) - INT64})
 
 
+def bounds(name: str) -> str:
+    """A sampling setting's bounds in words, for messages: "in (0, 1]", "in [0, 1048576]"."""
+    low = high = None
+    for rule in SamplingSettings.model_fields[name].metadata:
+        for attr, bracket in (("gt", "("), ("ge", "[")):
+            if getattr(rule, attr, None) is not None:
+                low = f"{bracket}{getattr(rule, attr):g}" if isinstance(getattr(rule, attr), float) else f"{bracket}{getattr(rule, attr)}"
+        for attr, bracket in (("lt", ")"), ("le", "]")):
+            if getattr(rule, attr, None) is not None:
+                value = getattr(rule, attr)
+                high = f"{value:g}{bracket}" if isinstance(value, float) else f"{value}{bracket}"
+    return f"in {low or '(-inf'}, {high or 'inf)'}"
+
+
 # --- inputs and outputs ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Input:

@@ -1,7 +1,6 @@
 """Scale-out through tf.distribute: two real worker processes on 127.0.0.1 stay in lockstep."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,19 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.launch import free_ports
 from training.strategy import choose_strategy, tf_config_workers
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def test_default_strategy_without_tf_config(monkeypatch):

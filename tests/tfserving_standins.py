@@ -1,14 +1,22 @@
-"""A stand-in speaking TF Serving's PredictionService protocol over an exported SavedModel — not TF Serving.
+"""Two stand-ins for TF Serving — neither is TF Serving: its gRPC PredictionService over an exported SavedModel,
+and its REST model status.
 
 The TF Serving binary cannot be installed on the development machines, so the `tfserving` backend is tested
-against this: a gRPC server built from tensorflow-serving-api's own protos that runs the same SavedModel
-(tf.saved_model.load) and answers Predict the way TF Serving does for what the gateway uses: model_spec name,
-optional version number or label (newest if absent), signature_name, output_filter, the version it ran in the reply, and
-NOT_FOUND / INVALID_ARGUMENT / FAILED_PRECONDITION errors. Batching, model config files, warm-up, REST and the
-other services are not imitated.
+against the first (`SavedModelPredictionService`, `serve`): a gRPC server built from tensorflow-serving-api's own
+protos that runs the same SavedModel (tf.saved_model.load) and answers Predict the way TF Serving does for what the
+gateway uses: model_spec name, optional version number or label (newest if absent), signature_name, output_filter,
+the version it ran in the reply, and NOT_FOUND / INVALID_ARGUMENT / FAILED_PRECONDITION errors. Batching, model
+config files, warm-up, REST and the other services are not imitated by it.
+
+The second (`ModelStatusStandIn`, `serve_model_status`) is an HTTP server answering the one REST request TF
+Serving's readiness probe makes (k8s/base/tfserving/model-available.sh), GET /v1/models/<name>, with whatever
+status code and body the test gives it; it loads no model. tests/k8s/test_k8s_readiness_probe.py runs the probe
+against it.
 """
 from __future__ import annotations
 
+import http.server
+import json
 import threading
 import time
 from concurrent import futures
@@ -16,6 +24,8 @@ from concurrent import futures
 import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from model_interface.signatures import warmup_calls
 
 
 class SavedModelPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -74,14 +84,9 @@ class SavedModelPredictionService(prediction_service_pb2_grpc.PredictionServiceS
 
 def warm_up(loaded) -> None:
     """Each signature's first call pays for graph optimisation; TF Serving pays it at load with its warm-up
-    records (--enable_model_warmup), so the stand-in pays it before serving too."""
-    empty = {"text": tf.constant(["a"]), "state": tf.zeros([1, 0])}
-    loaded.signatures["metadata"](request=tf.constant([0]))
-    loaded.signatures["score"](**empty)
-    loaded.signatures["activations"](**empty)
-    loaded.signatures["generate"](prompt=tf.constant([""]), state=tf.zeros([1, 0]), num_chars=tf.constant([2]),
-                                  temperature=tf.ones([1]), top_k=tf.zeros([1], tf.int32), top_p=tf.ones([1]),
-                                  seed=tf.zeros([1], tf.int64))
+    records (--enable_model_warmup), so the stand-in pays it before serving too, with the same calls."""
+    for signature, inputs in warmup_calls(batches=(1,)):
+        loaded.signatures[signature](**{name: tf.constant(value) for name, value in inputs.items()})
 
 
 def serve(service: SavedModelPredictionService, port: int = 0) -> tuple[grpc.Server, int]:
@@ -91,3 +96,57 @@ def serve(service: SavedModelPredictionService, port: int = 0) -> tuple[grpc.Ser
     port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     return server, port
+
+
+# --- TF Serving's REST model status -------------------------------------------------------------------------------
+
+class _ModelStatusRequest(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        prefix = "/v1/models/"
+        if self.path == prefix + self.server.model_name:
+            status, body = self.server.reply
+        elif self.path.startswith(prefix):
+            status, body = 404, json.dumps({"error": f"Could not find any versions of model {self.path[len(prefix):]}"})
+        else:
+            status, body = 404, json.dumps({"error": f"Malformed request: GET {self.path}"})
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class ModelStatusStandIn(http.server.ThreadingHTTPServer):
+    """Answers GET /v1/models/<model_name> on 127.0.0.1 with `reply`, (HTTP status, JSON body), which a test sets to
+    what TF Serving would answer, e.g. (200, '{"model_version_status": [{"version": "2", "state": "AVAILABLE",
+    ...}]}'). Other models get TF Serving's 404 "Could not find any versions of model ..."."""
+
+    def __init__(self, model_name: str, reply: tuple[int, str], port: int = 0):
+        super().__init__(("127.0.0.1", port), _ModelStatusRequest)
+        self.model_name = model_name
+        self.reply = reply
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def handle_error(self, request, client_address):
+        pass  # a probe that gave up and closed its connection is no error of the server's
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def serve_model_status(model_name: str, reply: tuple[int, str], port: int = 0) -> ModelStatusStandIn:
+    """Start answering on 127.0.0.1 (port 0 = any free one; see .port). Change .reply at any time; stop with .stop()."""
+    server = ModelStatusStandIn(model_name, reply, port)
+    threading.Thread(target=server.serve_forever, name="model-status-stand-in", daemon=True).start()
+    return server
