@@ -9,12 +9,14 @@ from typing import Callable
 
 import numpy as np
 
-from analysis.exported import ExportedModel, run_text
+from analysis.exported import run_text
+from model_interface.client import ModelClient
+from model_interface.signatures import ACTIVATIONS
 
 LSTM_OUTPUTS = ("cell", "hidden", "input_gate", "forget_gate", "output_gate")
 
 
-def text_activations(model: ExportedModel, text: str, start: int = 0, end: int | None = None, regions: int = 1,
+def text_activations(client: ModelClient, text: str, start: int = 0, end: int | None = None, regions: int = 1,
                      chunk_chars: int = 2000,
                      progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """{"tanh_cell", "hidden", "input_gate", "forget_gate", "output_gate"}: each (time, layers, hidden) float32
@@ -23,8 +25,8 @@ def text_activations(model: ExportedModel, text: str, start: int = 0, end: int |
     One continuous pass by default: a cell that counts quotes or brackets from the start of the text is only
     right if the model has read all of it (each of several regions would start from a 256-character prime).
     """
-    outputs = LSTM_OUTPUTS if model.cell == "lstm" else ("hidden",)
-    values = run_text(model, "activations", text, outputs, start, end, regions, chunk_chars, progress=progress)
+    outputs = LSTM_OUTPUTS if client.metadata.cell == "lstm" else ("hidden",)
+    values = run_text(client, ACTIVATIONS, text, outputs, start, end, regions, chunk_chars, progress=progress)
     if "cell" in values:
         values["tanh_cell"] = np.tanh(values.pop("cell"))  # (time, layers, hidden)
     return values

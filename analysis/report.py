@@ -27,8 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 from analysis import advantage, cells, errors, features, figures, ngrams, saturation
 from analysis.activations import text_activations
-from analysis.exported import ExportedModel, ModelError, open_model
+from analysis.exported import ModelError, check_vocabulary
 from analysis.scoring import bits_per_char, log2_probs
+from model_interface.client import ModelClient
+from model_interface.errors import ModelInterfaceError
 
 PAPER = ("The paper's best LSTM against its 20-gram model, test cross-entropy in bits per character: "
          "1.077 vs 1.195 on War and Peace, 0.84 vs 0.889 on the Linux kernel source.")
@@ -53,25 +55,46 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def analyse(model: ExportedModel, text: str, activation_chars: int = 20_000, max_order: int = ngrams.MAX_ORDER,
+def open_client(model: str | None = None, tfserving: str | None = None, name: str = "charlm",
+                version: int | None = None) -> ModelClient:
+    """The model the flags name, its metadata read: a bad --model or --tfserving fails here, in words naming
+    the flag, before any analysis starts."""
+    if tfserving:
+        client = ModelClient.open(tfserving=tfserving, name=name, version=version)
+        flag = f"--tfserving {tfserving}"
+    elif model is not None:
+        client = ModelClient.open(model=Path(model), version=version, what="--model")
+        flag = f"--model {model}"
+    else:
+        raise ModelError("give a model directory (--model) or a TensorFlow Serving address (--tfserving)")
+    try:
+        client.metadata  # the first call: nothing answering, or no charlm version, shows here
+    except ModelInterfaceError as e:
+        client.close()
+        raise ModelError(f"{flag}: {e}") from None
+    return client
+
+
+def analyse(client: ModelClient, text: str, activation_chars: int = 20_000, max_order: int = ngrams.MAX_ORDER,
             regions: int = 16) -> tuple[dict, dict[str, bytes], dict]:
     """Runs every analysis; returns (numbers for the JSON, PNG figures by name, extras for the HTML)."""
     timings = {}
-    train, val = model.split(text)
+    meta = client.metadata
+    train, val = meta.split(text)
     if not train or not val:
         raise ModelError(f"the text ({len(text):,} characters) is too short to split")
-    model.check_vocabulary(text)
+    check_vocabulary(client, text)
 
     started = time.time()
     say(f"scoring the validation split ({len(val):,} characters) with the LSTM")
-    lstm_log2 = log2_probs(model, val, regions=regions, progress=Progress("scored"))
+    lstm_log2 = log2_probs(client, val, regions=regions, progress=Progress("scored"))
     lstm_bpc = bits_per_char(lstm_log2)
     timings["lstm_scoring_s"] = round(time.time() - started, 1)
 
     started = time.time()
     say(f"counting n-grams of order 1-{max_order} on the training split ({len(train):,} characters)")
     # The LSTM's vocabulary for the n-grams too: both spread their probability over the same characters.
-    kneser_ney = ngrams.KneserNey(train, model.vocab, max_order, progress=Progress("counted", "orders"))
+    kneser_ney = ngrams.KneserNey(train, meta.vocab, max_order, progress=Progress("counted", "orders"))
     say("scoring the validation split with every n-gram model")
     ngram_log2 = kneser_ney.log2_probs(val)  # (orders, time)
     ngram_bpc = ngrams.bits_per_char(ngram_log2)
@@ -81,7 +104,7 @@ def analyse(model: ExportedModel, text: str, activation_chars: int = 20_000, max
     started = time.time()
     sample_end = min(activation_chars, len(val))
     say(f"activations of every layer on the first {sample_end:,} validation characters")
-    values = text_activations(model, val, 0, sample_end, progress=Progress("read"))
+    values = text_activations(client, val, 0, sample_end, progress=Progress("read"))
     sample = val[:sample_end]
     # The features of exactly what the model read: it starts fresh at the validation split, so a quote opened
     # before it is as unknown to the feature as to the model.
@@ -100,7 +123,7 @@ def analyse(model: ExportedModel, text: str, activation_chars: int = 20_000, max
                             "start": a, "text": sample[a:b], "feature": tracks[name][a:b].tolist(),
                             "values": cell_values[a:b, best["layer"], best["cell"]].round(3).tolist()})
     all_r = {name: cells.correlations(cell_values[cut:].reshape(sample_end - cut, -1), track[cut:])
-             .reshape(model.num_layers, model.hidden_size) for name, track in tracks.items()
+             .reshape(meta.num_layers, meta.hidden_size) for name, track in tracks.items()
              if ranking[name]["best"]}
 
     gate_fractions = saturation.saturation({g: values[g] for g in saturation.GATES if g in values})
@@ -112,10 +135,10 @@ def analyse(model: ExportedModel, text: str, activation_chars: int = 20_000, max
     timings["errors_s"] = round(time.time() - started, 1)
 
     results = {
-        "model": {"source": model.description, "cell": model.cell, "num_layers": model.num_layers,
-                  "hidden_size": model.hidden_size, "vocab_size": len(model.vocab),
-                  "val_fraction": model.val_fraction, "training_val_bpc": model.info.get("val_bpc"),
-                  "created": model.info.get("created"), "config": model.info.get("config")},
+        "model": {"source": client.description, "cell": meta.cell, "num_layers": meta.num_layers,
+                  "hidden_size": meta.hidden_size, "vocab_size": meta.vocab_size,
+                  "val_fraction": meta.val_fraction, "training_val_bpc": meta.val_bpc,
+                  "created": meta.created, "config": meta.config},
         "text": {"characters": len(text), "train_characters": len(train), "validation_characters": len(val),
                  "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
                  "activation_sample_characters": sample_end},
@@ -291,7 +314,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="exported model directory (newest version) or one version directory")
     parser.add_argument("--tfserving", metavar="HOST:PORT", help="read the model through TensorFlow Serving instead")
     parser.add_argument("--model-name", default="charlm", help="the model's name in TensorFlow Serving")
-    parser.add_argument("--model-version", type=int, help="a version in TensorFlow Serving (default: its newest)")
+    parser.add_argument("--model-version", type=int,
+                        help="a version of the model, under --model or in TensorFlow Serving (default: the newest)")
     parser.add_argument("--text", required=True, help="the corpus (UTF-8); split as training split it")
     parser.add_argument("--out", required=True, help="directory for report.html, report.json, figures/")
     parser.add_argument("--activation-chars", type=int, default=20_000,
@@ -309,10 +333,14 @@ def main(argv=None) -> int:
         parser.error(f"--text {text_path}: cannot read it as UTF-8 text ({e})")
     started = time.time()
     try:
-        model = open_model(args.model, args.tfserving, args.model_name, args.model_version)
-        say(f"model: {model.description} ({model.cell}, {model.num_layers}x{model.hidden_size})")
-        results, pngs, extras = analyse(model, text, args.activation_chars, args.max_order)
-    except ModelError as e:
+        client = open_client(args.model, args.tfserving, args.model_name, args.model_version)
+        try:
+            meta = client.metadata
+            say(f"model: {client.description} ({meta.cell}, {meta.num_layers}x{meta.hidden_size})")
+            results, pngs, extras = analyse(client, text, args.activation_chars, args.max_order)
+        finally:
+            client.close()
+    except (ModelError, ModelInterfaceError) as e:  # a LayoutError names --model; the others arise mid-analysis
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     results["timings"]["total_s"] = round(time.time() - started, 1)

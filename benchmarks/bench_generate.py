@@ -10,6 +10,7 @@ per measurement and appends them to docs/results.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import machine
+from model_interface.client import ModelClient
+from model_interface.signatures import MAX_CHARS_PER_CALL, SamplingSettings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -47,38 +50,18 @@ def read_bandwidth_gb_s(nbytes: int) -> float:
     return best
 
 
-def export_random_model(hidden: int, layers: int, embedding: int, vocab_size: int, out: Path) -> Path:
-    from training.config import TrainConfig
-    from training.corpus import Vocab
-    from training.export import SIGNATURES, build_module
-
-    import tensorflow as tf
-
-    from training.model import CharRNN
-
-    config = TrainConfig(hidden_size=hidden, num_layers=layers, embedding_size=embedding, dropout=0.0)
-    vocab = Vocab(tuple(chr(32 + i) for i in range(vocab_size)))
-    model = CharRNN(vocab_size, config)
-    module = build_module(model, vocab, {"benchmark": True})
-    signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
-    tf.saved_model.save(module, str(out), signatures=signatures)
-    return out
-
-
-def time_generate(generate, batch: int, chars: int, repeats: int, top_p: float = 0.95) -> float:
-    import tensorflow as tf
-
-    args = dict(prompt=tf.constant([" "] * batch), state=tf.zeros([batch, 0]),
-                num_chars=tf.fill([batch], chars), temperature=tf.fill([batch], 1.0),
-                top_k=tf.zeros([batch], tf.int32), top_p=tf.fill([batch], top_p),
-                seed=tf.range(batch, dtype=tf.int64))
-    generate(**{**args, "num_chars": tf.fill([batch], 8)})  # warm-up
+def time_generate(client: ModelClient, batch: int, chars: int, repeats: int, top_p: float = 0.95) -> float:
+    """Median characters per second of one `generate` call producing `chars` characters in each of `batch`
+    rows (temperature 1, row i on seed i), after an untimed warm-up call."""
+    prompts = [" "] * batch
+    settings = [SamplingSettings(top_p=top_p, seed=i) for i in range(batch)]
+    client.generate(prompts, 8, settings)  # warm-up: the first call pays for graph optimisation
     rates = []
     for _ in range(repeats):
         t = time.perf_counter()
-        texts = generate(**args)["text"].numpy()
+        texts = client.generate(prompts, chars, settings)["text"]
         elapsed = time.perf_counter() - t
-        assert all(len(text.decode("utf-8")) == chars for text in texts), "generated fewer characters than asked"
+        assert all(len(text) == chars for text in texts), "generated fewer characters than asked"
         rates.append(batch * chars / elapsed)
     return statistics.median(rates)
 
@@ -94,18 +77,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/results.md")
     args = parser.parse_args()
+    if not 1 <= args.chars <= MAX_CHARS_PER_CALL:
+        parser.error(f"--chars must be in 1..{MAX_CHARS_PER_CALL} (one generate call), got {args.chars}")
 
     import tensorflow as tf
 
+    from training.config import TrainConfig
+    from training.export import export_untrained
+
+    config = dataclasses.replace(TrainConfig(), hidden_size=args.hidden, num_layers=args.layers,
+                                 embedding_size=args.embedding, dropout=0.0)
     with tempfile.TemporaryDirectory() as tmp:
-        version = export_random_model(args.hidden, args.layers, args.embedding, args.vocab, Path(tmp) / "1")
-        generate = tf.saved_model.load(str(version)).signatures["generate"]
+        # Random weights, exported as every model is: the same graph and work as a trained model.
+        version = export_untrained(config, [chr(32 + i) for i in range(args.vocab)], Path(tmp), model_name="charlm")
+        client = ModelClient.open(model=version)
         weight_bytes = 4 * ((args.embedding + args.hidden) * 4 * args.hidden
                            + (args.layers - 1) * 2 * args.hidden * 4 * args.hidden + args.hidden * args.vocab)
         bandwidth = read_bandwidth_gb_s(weight_bytes)
-        single = time_generate(generate, 1, args.chars, args.repeats)
-        plain = time_generate(generate, 1, args.chars, args.repeats, top_p=1.0)  # no top-k/top-p filtering
-        batched = time_generate(generate, args.batch, max(200, args.chars // 4), args.repeats)
+        single = time_generate(client, 1, args.chars, args.repeats)
+        plain = time_generate(client, 1, args.chars, args.repeats, top_p=1.0)  # no top-k/top-p filtering
+        batched = time_generate(client, args.batch, max(200, args.chars // 4), args.repeats)
+        client.close()
     shape = dict(hidden=args.hidden, layers=args.layers, embedding=args.embedding, vocab=args.vocab)
     ceiling = bandwidth * 1e9 / weight_bytes
     lines = [

@@ -98,30 +98,25 @@ def planted_weights(model, vocab):
 
 @pytest.fixture(scope="module")
 def planted_model(tmp_path_factory):
-    return build_planted_model(tmp_path_factory.mktemp("planted") / "1")
+    client = build_planted_model(tmp_path_factory.mktemp("planted"))
+    yield client
+    client.close()
 
 
-def build_planted_model(path):
-    """A 2x8 LSTM with a quote-parity cell planted at layer 1, cell 5, exported as a SavedModel and loaded
-    through analysis.exported as any exported version is."""
-    import tensorflow as tf
-
-    from analysis.exported import LocalModel
+def build_planted_model(export_dir):
+    """A 2x8 LSTM with a quote-parity cell planted at layer 1, cell 5, exported as every model is
+    (training.export.publish_model) and opened through the model interface as the analyses open any version."""
+    from model_interface.client import ModelClient
     from training.config import TrainConfig
     from training.corpus import Vocab
-    from training.export import build_module
+    from training.export import publish_model
     from training.model import CharRNN
 
     vocab = Vocab.from_text('abcde \n"')
     config = dataclasses.replace(TrainConfig(), hidden_size=HIDDEN, num_layers=2, embedding_size=4, dropout=0.0)
     model = CharRNN(len(vocab), config)
     planted_weights(model, vocab)
-    info = {"num_layers": 2, "hidden_size": HIDDEN, "cell": "lstm", "vocab": list(vocab.chars),
-            "config": {"val_fraction": 0.1}}
-    module = build_module(model, vocab, info)
-    signatures = {name: getattr(module, name).get_concrete_function() for name in ("score", "activations", "metadata")}
-    tf.saved_model.save(module, str(path), signatures=signatures)
-    return LocalModel.load(path)
+    return ModelClient.open(model=publish_model(model, vocab, config, export_dir, "planted"))
 
 
 def test_the_planted_quote_cell_ranks_first_for_inside_quotes(planted_model):

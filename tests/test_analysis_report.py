@@ -4,11 +4,10 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from analysis import report
-from analysis.exported import LocalModel
+from analysis.exported import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +32,13 @@ def test_writes_a_self_contained_page_figures_and_every_number(written):
     assert set(results) >= {"model", "text", "bits_per_char", "cells", "saturation", "errors", "advantage"}
 
 
-def test_numbers_agree_with_the_model_and_with_each_other(written, loaded_model, exported_model, corpus_slice):
+def test_numbers_agree_with_the_model_and_with_each_other(written, model_client, corpus_slice):
     results = json.loads((written / "report.json").read_text())
     text = corpus_slice.read_text(encoding="utf-8")
-    model = LocalModel(loaded_model, str(exported_model[1]))
-    train, val = model.split(text)
+    train, val = model_client.metadata.split(text)
     assert results["text"]["validation_characters"] == len(val) == 6000
     # The LSTM's bits/char is the score signature's over the validation split, read in one call here.
-    out = model.call("score", {"text": np.array([val], object), "state": np.zeros([1, 0], np.float32)})
+    out = model_client.score([val])
     assert results["bits_per_char"]["lstm"] == pytest.approx(float(out["bits_per_char"][0]), abs=2e-3)
     ngram = results["bits_per_char"]["ngram"]
     assert list(ngram) == [str(n) for n in range(1, 9)]
@@ -65,17 +63,38 @@ def test_cell_ranking_covers_every_feature_and_says_why_one_is_missing(written):
 
 def test_bad_arguments_get_a_message_naming_them(tmp_path, corpus_slice, capsys):
     assert report.main(["--model", str(tmp_path / "nowhere"), "--text", str(corpus_slice), "--out", str(tmp_path)]) == 1
-    assert "nowhere" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--model" in err and "nowhere" in err and "Traceback" not in err
+    # Nothing listening: the address and the flag, not a gRPC traceback.
+    assert report.main(["--tfserving", "127.0.0.1:1", "--text", str(corpus_slice), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "--tfserving 127.0.0.1:1" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         report.main(["--model", str(tmp_path), "--text", str(tmp_path / "missing.txt"), "--out", str(tmp_path)])
     assert "missing.txt" in capsys.readouterr().err
 
 
-def test_analysis_never_imports_training():
-    """Analysis reads exported models only: no module of it imports training/, at the top or inside a function."""
+def test_the_model_flags_pick_the_newest_complete_version_or_say_why_not(exported_model, tmp_path):
+    model_dir, version = exported_model
+    for path in (model_dir, version):
+        client = report.open_client(model=str(path))
+        assert client.transport.version_dir == version
+        client.close()
+    with pytest.raises(ValueError, match="--model .* no complete model version"):
+        report.open_client(model=str(tmp_path))
+    with pytest.raises(ValueError, match="--model .* no such directory"):
+        report.open_client(model=str(tmp_path / "missing"))
+    with pytest.raises(ModelError, match="--model.*--tfserving"):
+        report.open_client()
+
+
+def test_analysis_never_imports_training_and_reaches_models_only_through_model_interface():
+    """Analysis reads exported models only, and only through model_interface: no module of it imports training/,
+    TensorFlow or gRPC, at the top or inside a function."""
     package = Path(report.__file__).parent
+    banned = ("training", "tensorflow", "tensorflow_serving", "grpc")
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not any(n == "training" or n.startswith("training.") for n in names), f"{path.name} imports {names}"
+            assert not any(n.split(".")[0] in banned for n in names), f"{path.name} imports {names}"

@@ -12,22 +12,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from model_interface.errors import InputRejected
+from model_interface.signatures import MAX_CHARS_PER_CALL, SamplingSettings, fresh_states, generate_inputs
 from training.config import TrainConfig
 from training.corpus import Vocab
-from training.export import MAX_CHARS_PER_CALL, export_version, main
+from training.export import export_version, main
+from training.graph import CharLMGraph, ModelShape
 from training.model import CharRNN
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def generate(model, prompts, num_chars, state=None, temperature=1.0, top_k=0, top_p=1.0, seed=7):
+def generate(client, prompts, num_chars, state=None, temperature=1.0, top_k=0, top_p=1.0, seed=7, validate=True):
+    """One `generate` call with per-row (or shared) settings. validate=False sends values SamplingSettings
+    would refuse, to reach the graph's own checks."""
     b = len(prompts)
-    per_row = lambda v, dtype: tf.constant(v if isinstance(v, list) else [v] * b, dtype)
-    out = model.signatures["generate"](
-        prompt=tf.constant(prompts), state=tf.zeros([b, 0]) if state is None else state,
-        num_chars=per_row(num_chars, tf.int32), temperature=per_row(temperature, tf.float32),
-        top_k=per_row(top_k, tf.int32), top_p=per_row(top_p, tf.float32), seed=per_row(seed, tf.int64))
-    return [t.decode("utf-8") for t in out["text"].numpy()], out["state"], out["unknown_chars"].numpy()
+    per_row = lambda v: v if isinstance(v, list) else [v] * b
+    make = SamplingSettings if validate else SamplingSettings.model_construct
+    settings = [make(temperature=t, top_k=k, top_p=p, seed=s)
+                for t, k, p, s in zip(per_row(temperature), per_row(top_k), per_row(top_p), per_row(seed))]
+    out = client.generate(prompts, per_row(num_chars), settings, states=state)
+    return out["text"], out["state"], out["unknown_chars"]
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +75,18 @@ def test_warmup_file_is_prediction_logs(exported_model):
 
 
 def test_signature_defs_take_text_and_batch_first(loaded_model):
+    from model_interface.signatures import INPUTS
+
     signatures = loaded_model.signatures
     assert set(signatures) == {"generate", "score", "activations", "metadata", "serving_default"}
     inputs = signatures["generate"].structured_input_signature[1]
     expected = {"prompt": tf.string, "state": tf.float32, "num_chars": tf.int32, "temperature": tf.float32,
                 "top_k": tf.int32, "top_p": tf.float32, "seed": tf.int64}
     assert {k: v.dtype for k, v in inputs.items()} == expected
+    for name, declared in INPUTS.items():  # the SavedModel is what the interface package says it is
+        actual = signatures[name].structured_input_signature[1]
+        assert {k: (v.dtype.name, v.shape.rank) for k, v in actual.items()} == \
+            {i.name: (i.dtype, i.rank) for i in declared}, name
     for name, signature in signatures.items():
         for spec in signature.structured_input_signature[1].values():
             assert spec.shape.rank >= 1 and spec.shape[0] is None, name  # batch first, never a scalar
@@ -93,110 +104,109 @@ def greedy_keras(model, vocab, prompt, n):
     return vocab.decode(out)
 
 
-def test_greedy_generation_matches_keras(loaded_model, keras_model):
+def test_greedy_generation_matches_keras(model_client, keras_model):
     model, vocab = keras_model
-    texts, _, _ = generate(loaded_model, ["KING RICHARD:\n"], 120, top_k=1)
+    texts, _, _ = generate(model_client, ["KING RICHARD:\n"], 120, top_k=1)
     assert texts[0] == greedy_keras(model, vocab, "KING RICHARD:\n", 120)
 
 
-def test_score_matches_keras_loss(loaded_model, keras_model, corpus_slice):
+def test_score_matches_keras_loss(model_client, keras_model, corpus_slice):
     model, vocab = keras_model
     text = corpus_slice.read_text()[50_000:50_400]
     ids = vocab.encode(text)
     logits, states = model(tf.constant(ids[None, :-1]), model.zero_state(1))
     keras_loss = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ids[None, 1:], logits)))
     # Prime the exported model with the first character, then score the rest from that state.
-    primed = loaded_model.signatures["score"](text=tf.constant([text[0]]), state=tf.zeros([1, 0]))["state"]
-    scored = loaded_model.signatures["score"](text=tf.constant([text[1:]]), state=primed)
+    primed = model_client.score([text[0]])["state"]
+    scored = model_client.score([text[1:]], primed)
     assert float(scored["bits_per_char"][0]) * math.log(2) == pytest.approx(keras_loss, abs=1e-4)
     assert int(scored["lengths"][0]) == len(text) - 1
 
 
-def test_continuation_in_chunks_equals_one_call(loaded_model):
-    whole, _, _ = generate(loaded_model, ["ROMEO:\n"], 200, seed=42, temperature=0.9, top_p=0.95)
+def test_continuation_in_chunks_equals_one_call(model_client):
+    whole, _, _ = generate(model_client, ["ROMEO:\n"], 200, seed=42, temperature=0.9, top_p=0.95)
     pieces, state, prompt = [], None, ["ROMEO:\n"]
     for _ in range(4):
-        texts, state, _ = generate(loaded_model, prompt, 50, state=state, seed=42, temperature=0.9, top_p=0.95)
+        texts, state, _ = generate(model_client, prompt, 50, state=state, seed=42, temperature=0.9, top_p=0.95)
         pieces.append(texts[0])
         prompt = [""]
     assert "".join(pieces) == whole[0] and len(whole[0]) == 200
 
 
-def test_seeded_sampling_is_reproducible_and_batch_invariant(loaded_model):
-    alone, _, _ = generate(loaded_model, ["First Citizen:\n"], 150, seed=1234, temperature=0.8)
-    again, _, _ = generate(loaded_model, ["First Citizen:\n"], 150, seed=1234, temperature=0.8)
+def test_seeded_sampling_is_reproducible_and_batch_invariant(model_client):
+    alone, _, _ = generate(model_client, ["First Citizen:\n"], 150, seed=1234, temperature=0.8)
+    again, _, _ = generate(model_client, ["First Citizen:\n"], 150, seed=1234, temperature=0.8)
     assert alone == again
-    batch, _, _ = generate(loaded_model, ["MENENIUS:", "First Citizen:\n", "", "a"], [30, 150, 5, 150],
+    batch, _, _ = generate(model_client, ["MENENIUS:", "First Citizen:\n", "", "a"], [30, 150, 5, 150],
                            seed=[1, 1234, 99, 5], temperature=[1.2, 0.8, 0.5, 1.0], top_k=[5, 0, 0, 3])
     assert batch[1] == alone[0]
     assert [len(t) for t in batch] == [30, 150, 5, 150]
     # Past FUSED_CELL_MAX_BATCH rows the graph takes its other LSTM path; the text must not change.
-    wide, _, _ = generate(loaded_model, ["a", "b", "c", "d", "e", "First Citizen:\n", "f"], 150,
+    wide, _, _ = generate(model_client, ["a", "b", "c", "d", "e", "First Citizen:\n", "f"], 150,
                           seed=[3, 4, 5, 6, 7, 1234, 8], temperature=0.8)
     assert wide[5] == alone[0]
-    other, _, _ = generate(loaded_model, ["First Citizen:\n"], 150, seed=4321, temperature=0.8)
+    other, _, _ = generate(model_client, ["First Citizen:\n"], 150, seed=4321, temperature=0.8)
     assert other[0] != alone[0]
 
 
-def test_sampling_follows_the_model_distribution(loaded_model):
+def test_sampling_follows_the_model_distribution(model_client):
     """The in-graph sampler draws characters with the softmax probabilities."""
     n = 4000
-    texts, _, _ = generate(loaded_model, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)))
-    probs = _next_char_probs(loaded_model, "\nROMEO:\nI")
-    vocab = json.loads(loaded_model.metadata(request=tf.constant([0]))["info"][0].numpy())["vocab"]
+    texts, _, _ = generate(model_client, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)))
+    probs = _next_char_probs(model_client, "\nROMEO:\nI")
+    vocab = model_client.metadata.vocab
     counts = np.array([sum(t == c for t in texts) for c in vocab]) / n
     assert 0.5 * np.abs(counts - probs).sum() < 0.05  # total variation distance
 
 
-def _next_char_probs(model, prompt):
-    info = json.loads(model.metadata(request=tf.constant([0]))["info"][0].numpy())
-    state = model.signatures["score"](text=tf.constant([prompt]), state=tf.zeros([1, 0]))["state"]
-    return np.array([np.exp(float(model.signatures["score"](text=tf.constant([c]), state=state)["log_probs"][0, 0]))
-                     for c in info["vocab"]])
+def _next_char_probs(client, prompt):
+    vocab = client.metadata.vocab
+    state = client.score([prompt])["state"]
+    return np.exp(client.score(vocab, np.repeat(state, len(vocab), axis=0))["log_probs"][:, 0])
 
 
-def test_top_k_and_top_p_limit_the_choices(loaded_model):
-    probs = _next_char_probs(loaded_model, "\nROMEO:\nI")
-    vocab = json.loads(loaded_model.metadata(request=tf.constant([0]))["info"][0].numpy())["vocab"]
+def test_top_k_and_top_p_limit_the_choices(model_client):
+    probs = _next_char_probs(model_client, "\nROMEO:\nI")
+    vocab = model_client.metadata.vocab
     ranked = [vocab[i] for i in np.argsort(-probs)]
     n = 300
-    top3, _, _ = generate(loaded_model, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)), top_k=3, temperature=2.0)
+    top3, _, _ = generate(model_client, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)), top_k=3, temperature=2.0)
     assert set(top3) <= set(ranked[:3]) and len(set(top3)) > 1
     nucleus = float(probs[np.argsort(-probs)][0]) * 0.99  # less than the best char's mass: only it is left
-    greedy, _, _ = generate(loaded_model, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)), top_p=nucleus)
+    greedy, _, _ = generate(model_client, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)), top_p=nucleus)
     assert set(greedy) == {ranked[0]}
 
 
-def test_unknown_characters_are_reported_and_empty_prompt_works(loaded_model):
-    texts, state, unknown = generate(loaded_model, ["ROMEO\u2603 says {hi}", ""], 20)
+def test_unknown_characters_are_reported_and_empty_prompt_works(model_client):
+    texts, state, unknown = generate(model_client, ["ROMEO\u2603 says {hi}", ""], 20)
     assert unknown[0].decode("utf-8") == "\u2603{}" and texts[0] == ""
     assert unknown[1] == b"" and len(texts[1]) == 20
     assert state.shape[1] > 0
 
 
-def test_bad_sampling_values_raise(loaded_model):
+def test_bad_sampling_values_raise(model_client):
     for kwargs, message in [(dict(temperature=0.0), "temperature"), (dict(top_p=1.5), "top_p"),
                             (dict(top_k=-1), "top_k")]:
-        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-            generate(loaded_model, ["a"], 5, **kwargs)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="num_chars"):
-        generate(loaded_model, ["a"], MAX_CHARS_PER_CALL + 1)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="columns"):
-        generate(loaded_model, ["a"], 5, state=tf.zeros([1, 3]))
+        with pytest.raises(InputRejected, match=message):
+            generate(model_client, ["a"], 5, validate=False, **kwargs)
+    with pytest.raises(InputRejected, match="num_chars"):
+        generate(model_client, ["a"], MAX_CHARS_PER_CALL + 1)
+    with pytest.raises(InputRejected, match="columns"):
+        generate(model_client, ["a"], 5, state=np.zeros([1, 3], np.float32))
 
 
-def test_activations_match_the_returned_state(loaded_model, trained_run):
+def test_activations_match_the_returned_state(model_client, trained_run):
     config, _ = trained_run
-    acts = loaded_model.signatures["activations"](text=tf.constant(["To be, or not", "ab"]), state=tf.zeros([2, 0]))
+    acts = model_client.activations(["To be, or not", "ab"])
     batch, steps, layers, hidden = acts["cell"].shape
     assert (batch, steps, layers, hidden) == (2, 13, config.num_layers, config.hidden_size)
-    assert list(acts["lengths"].numpy()) == [13, 2]
-    state = acts["state"].numpy()
+    assert list(acts["lengths"]) == [13, 2]
+    state = acts["state"]
     np.testing.assert_allclose(acts["hidden"][0, -1, -1], state[0, -hidden * 2 - 1: -hidden - 1], atol=1e-6)
     np.testing.assert_allclose(acts["cell"][1, 1, -1], state[1, -hidden - 1: -1], atol=1e-6)
     for gate in ("input_gate", "forget_gate", "output_gate"):
-        assert 0.0 <= float(tf.reduce_min(acts[gate])) and float(tf.reduce_max(acts[gate])) <= 1.0
-    assert float(tf.reduce_max(tf.abs(acts["cell_candidate"]))) <= 1.0
+        assert 0.0 <= acts[gate].min() and acts[gate].max() <= 1.0
+    assert np.abs(acts["cell_candidate"]).max() <= 1.0
 
 
 def test_next_versions_and_if_changed(trained_run, tmp_path):
@@ -235,12 +245,11 @@ def test_killed_export_leaves_no_version(trained_run, tmp_path):
 @pytest.mark.parametrize("cell", ["gru", "rnn", "lstm"])
 def test_every_cell_type_exports_what_keras_computes(cell):
     """Untrained weights are enough: the exported graph must compute the Keras model's function."""
-    from training.export import build_module
-
     vocab = Vocab(tuple("abcdefgh \n"))
     config = TrainConfig(cell=cell, embedding_size=6, hidden_size=12, num_layers=2, dropout=0.0)
     model = CharRNN(len(vocab), config)
-    module = build_module(model, vocab, {})
+    module = CharLMGraph(ModelShape.of(model), vocab.chars)
+    module.assign_weights(model)
     text = "abc defg\nhab cd"
     ids = vocab.encode(text)
     logits, _ = model(tf.constant(ids[None, :-1]), model.zero_state(1))
@@ -249,7 +258,19 @@ def test_every_cell_type_exports_what_keras_computes(cell):
     scored = module.score(tf.constant([text[1:]]), primed)
     assert float(scored["bits_per_char"][0]) * math.log(2) == pytest.approx(keras_loss, abs=1e-5)
     for batch in (1, 6):  # both LSTM paths: one fused op per layer for small batches, separate ops for large
-        out = module.generate(tf.constant(["ab"] * batch), tf.zeros([batch, 0]), tf.fill([batch], 20),
-                              tf.ones([batch]), tf.ones([batch], tf.int32), tf.ones([batch]),
-                              tf.zeros([batch], tf.int64))
+        out = module.generate(**generate_inputs(["ab"] * batch, fresh_states(batch), [20] * batch,
+                                                [SamplingSettings(top_k=1)] * batch))
         assert out["text"].numpy()[0].decode() == greedy_keras(model, vocab, "ab", 20)
+
+
+def test_scoring_in_chunks_carrying_the_state_equals_one_pass(model_client, corpus_slice):
+    """torch-rnn's stateful check, for the exported graph: a text read whole, and in chunks passing the state."""
+    text = corpus_slice.read_text()[1000:1600]
+    whole = model_client.score([text])
+    state, pieces = None, []
+    for start in range(0, len(text), 150):
+        out = model_client.score([text[start:start + 150]], state)
+        state = out["state"]
+        pieces.append(out["log_probs"][0])
+    np.testing.assert_allclose(np.concatenate(pieces), whole["log_probs"][0], atol=1e-5)
+    np.testing.assert_allclose(state, whole["state"], atol=1e-5)

@@ -1,0 +1,351 @@
+"""The exported graph: a tf.Module whose tf.functions are a version's four signatures (generate, score,
+activations, metadata), holding plain tf.Variable copies of a CharRNN's weights — no Keras needed to load it.
+
+Text in, text out (the vocabulary is a lookup table inside the graph); the recurrent state in and out of every
+call as one float32 [batch, state_size] row per stream: per layer h (and c for LSTM), then the position, which
+keys the sampler (training/sampler.py). Inputs and outputs are model_interface.signatures'.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from model_interface import signatures
+from model_interface.metadata import ModelMetadata
+from training import sampler
+
+FUSED_CELL_MAX_BATCH = 4  # up to this many rows, two LSTMBlockCell ops per layer beat separate ops
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    cell: str  # lstm | gru | rnn
+    num_layers: int
+    hidden_size: int
+    embedding_size: int
+    vocab_size: int
+
+    @classmethod
+    def of(cls, model) -> "ModelShape":
+        return cls(model.cell, model.num_layers, model.hidden_size, model.embedding.output_dim, model.vocab_size)
+
+    @property
+    def per_layer(self) -> int:
+        return 2 if self.cell == "lstm" else 1
+
+    @property
+    def state_size(self) -> int:
+        return ModelMetadata.state_size_for(self.cell, self.num_layers, self.hidden_size)
+
+    @property
+    def trace_width(self) -> int:
+        """Columns of one character's activations trace: every state, then (LSTM) the four gates per layer."""
+        gates = self.num_layers * 4 * self.hidden_size if self.cell == "lstm" else 0
+        return self.num_layers * self.per_layer * self.hidden_size + gates
+
+
+class CharLMGraph(tf.Module):
+    """Built empty for a shape and vocabulary; `assign_weights` copies a CharRNN's weights in (at export, and
+    after each training epoch for the epoch's sample, which runs this same graph)."""
+
+    def __init__(self, shape: ModelShape, vocab, metadata_json: str = "{}"):
+        super().__init__(name="charlm")
+        self.shape = shape
+        self.cell, self.hidden, self.layers, self.per_layer = shape.cell, shape.hidden_size, shape.num_layers, shape.per_layer
+        self.state_size, self.trace_width = shape.state_size, shape.trace_width
+        self.chars = tf.constant(list(vocab))  # (vocab,)
+        self.char_ids = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(self.chars, tf.range(shape.vocab_size, dtype=tf.int32)), -1)
+        self.metadata_json = tf.constant(metadata_json)
+        hidden, zeros = shape.hidden_size, lambda *dims: tf.zeros(dims)
+        self.embedding = tf.Variable(zeros(shape.vocab_size, shape.embedding_size), name="embedding")
+        # One matmul per layer and step: [x, h] @ [kernel; recurrent_kernel]. GRU keeps the recurrent half
+        # apart, as its reset gate scales the recurrent part of the candidate.
+        self.kernels, self.recurrent_kernels, self.biases = [], [], []
+        for i in range(shape.num_layers):
+            n_in = shape.embedding_size if i == 0 else hidden
+            if shape.cell == "gru":
+                self.kernels.append(tf.Variable(zeros(n_in, 3 * hidden), name="kernel"))
+                self.recurrent_kernels.append(tf.Variable(zeros(hidden, 3 * hidden), name="recurrent_kernel"))
+                self.biases.append(tf.Variable(zeros(2, 3 * hidden), name="bias"))
+            else:
+                gates = 4 if shape.cell == "lstm" else 1
+                self.kernels.append(tf.Variable(zeros(n_in + hidden, gates * hidden), name="fused_kernel"))
+                self.biases.append(tf.Variable(zeros(gates * hidden), name="bias"))
+        if shape.cell == "lstm":
+            # A single stream runs each layer as two LSTMBlockCell ops over half the units each (step_halves).
+            self.half_kernels = [[tf.Variable(zeros(k.shape[0], 2 * hidden), name="half_kernel") for _ in (0, 1)]
+                                 for k in self.kernels]
+            self.half_biases = [[tf.Variable(zeros(2 * hidden), name="half_bias") for _ in (0, 1)] for _ in self.kernels]
+        self.head_kernel = tf.Variable(zeros(hidden, shape.vocab_size), name="head_kernel")
+        self.head_bias = tf.Variable(zeros(shape.vocab_size), name="head_bias")
+
+    def assign_weights(self, model) -> None:
+        """Copy a CharRNN's weights in, in the layouts the graph's ops want."""
+        self.embedding.assign(model.embedding.embeddings.numpy())
+        for i, layer in enumerate(model.recurrent):
+            kernel, recurrent, bias = (w.numpy() for w in layer.cell.weights)
+            if self.cell == "lstm":
+                kernel, recurrent, bias = map(block_cell_gate_order, (kernel, recurrent, bias))
+            if self.cell == "gru":
+                self.kernels[i].assign(kernel)
+                self.recurrent_kernels[i].assign(recurrent)
+            else:
+                self.kernels[i].assign(np.concatenate([kernel, recurrent]))
+            self.biases[i].assign(bias)
+            if self.cell == "lstm":
+                for own in (0, 1):
+                    half_kernel, half_bias = half_cell_weights(self.kernels[i].numpy(), bias, self.hidden, own)
+                    self.half_kernels[i][own].assign(half_kernel)
+                    self.half_biases[i][own].assign(half_bias)
+        self.head_kernel.assign(model.head.kernel.numpy())
+        self.head_bias.assign(model.head.bias.numpy())
+
+    # --- the recurrence, one character at a time -----------------------------------------------------
+    # --- the recurrence, one character at a time -------------------------------------------------
+    def unpack(self, state):
+        """(batch, state_size) or (batch, 0) -> per-layer states and the position (batch,)."""
+        batch = tf.shape(state)[0]
+        check = tf.debugging.assert_equal(
+            tf.logical_or(tf.shape(state)[1] == 0, tf.shape(state)[1] == self.state_size), True,
+            message=f"state must have {self.state_size} columns (or 0 for a fresh start)")
+        with tf.control_dependencies([check]):
+            state = tf.identity(state)
+        state = tf.cond(tf.shape(state)[1] == 0, lambda: tf.zeros([batch, self.state_size]), lambda: state)
+        state = tf.ensure_shape(state, [None, self.state_size])
+        parts = tf.split(state[:, :-1], self.layers * self.per_layer, axis=1)  # each (batch, hidden)
+        return parts, state[:, -1]
+
+    def pack(self, parts, position):
+        return tf.concat(parts + [position[:, None]], axis=1)  # (batch, state_size)
+
+    def step(self, ids, parts):
+        """Consume ids (batch,) -> new per-layer states, and gates (batch, layers, 4*hidden) for LSTM."""
+        x = tf.gather(self.embedding, ids)  # (batch, embedding)
+        new_parts, gates = [], []
+        for i in range(self.layers):
+            if self.cell == "lstm":
+                h, c = parts[2 * i], parts[2 * i + 1]
+                z = tf.matmul(tf.concat([x, h], 1), self.kernels[i]) + self.biases[i]  # (batch, 4*hidden)
+                zi, zg, zf, zo = tf.split(z, 4, axis=1)  # i, c, f, o
+                gi, gf, gg, go = tf.sigmoid(zi), tf.sigmoid(zf), tf.tanh(zg), tf.sigmoid(zo)
+                c = gf * c + gi * gg
+                x = go * tf.tanh(c)
+                new_parts += [x, c]
+                gates.append(tf.concat([gi, gf, gg, go], 1))
+            elif self.cell == "gru":
+                h = parts[i]
+                xz, xr, xh = tf.split(tf.matmul(x, self.kernels[i]) + self.biases[i][0], 3, axis=1)
+                hz, hr, hh = tf.split(tf.matmul(h, self.recurrent_kernels[i]) + self.biases[i][1], 3, axis=1)
+                z, r = tf.sigmoid(xz + hz), tf.sigmoid(xr + hr)
+                x = z * h + (1.0 - z) * tf.tanh(xh + r * hh)
+                new_parts.append(x)
+            else:
+                x = tf.tanh(tf.matmul(tf.concat([x, parts[i]], 1), self.kernels[i]) + self.biases[i])
+                new_parts.append(x)
+        return new_parts, gates
+
+    def step_halves(self, ids, halves):
+        """Consume ids with each LSTM layer as two LSTMBlockCell ops over half its units each.
+
+        halves: per layer h[:half], h[half:], c[:half], c[half:]. A single stream is bound by reading the
+        weights once per character; the two ops are independent, so TensorFlow runs them on two cores at
+        once, and one op per half-layer instead of a dozen keeps the per-character overhead low.
+        """
+        x = tf.gather(self.embedding, ids)  # (batch, embedding)
+        new_halves = []
+        for i in range(self.layers):
+            h_a, h_b, c_a, c_b = halves[4 * i: 4 * i + 4]
+            out = []
+            for own in (0, 1):
+                h_own, h_other, c_own = (h_a, h_b, c_a) if own == 0 else (h_b, h_a, c_b)
+                no_peephole = tf.zeros(tf.shape(c_own)[1:])
+                result = tf.raw_ops.LSTMBlockCell(
+                    x=tf.concat([x, h_other], 1), cs_prev=c_own, h_prev=h_own, w=self.half_kernels[i][own],
+                    wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=self.half_biases[i][own],
+                    forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
+                out.append((result[6], result[1]))  # h, c of these units
+            (h_a, c_a), (h_b, c_b) = out
+            new_halves += [h_a, h_b, c_a, c_b]
+            x = tf.concat([h_a, h_b], 1)  # (batch, hidden)
+        return new_halves
+
+    def logits(self, parts):
+        """The next-character logits are a function of the state alone: the top layer's h."""
+        return self.head(parts[-2] if self.cell == "lstm" else parts[-1])
+
+    def head(self, top_h):
+        return tf.matmul(top_h, self.head_kernel) + self.head_bias  # (batch, vocab)
+
+    def encode(self, text):
+        """text (batch,) -> ids (batch, time) padded with -1, lengths (batch,), unknown characters."""
+        chars = tf.strings.unicode_split(text, "UTF-8")  # ragged (batch, time)
+        ids = tf.ragged.map_flat_values(self.char_ids.lookup, chars)
+        unknown = tf.strings.reduce_join(tf.ragged.boolean_mask(chars, ids < 0), axis=1)
+        return ids.to_tensor(-1), tf.cast(ids.row_lengths(), tf.int32), unknown
+
+    def read(self, text, state):
+        """Encode texts and unpack their states. A row with unknown characters is read as empty (its
+        length to consume is 0), so it is left untouched and reported, never half-read."""
+        ids, lengths, unknown = self.encode(text)
+        parts, position = self.unpack(state)
+        return ids, lengths, tf.where(tf.strings.length(unknown) == 0, lengths, 0), unknown, parts, position
+
+    def consume(self, ids, lengths, parts, position, log_probs=False, collect=False):
+        """Run the text through the recurrence; rows stop at their own length. Returns the new parts and
+        position, and on request the log-probability of each character (batch, time) and the per-character
+        states and gates (time, batch, trace_width)."""
+        if self.cell == "lstm":
+            batch = tf.shape(ids)[0]
+            empty = lambda: (parts, position, tf.zeros([batch, 0]), tf.zeros([0, batch, self.trace_width]))
+            parts, position, scores, trace = tf.cond(
+                tf.shape(ids)[1] > 0,
+                lambda: self.consume_sequence(ids, lengths, parts, position, log_probs, collect), empty)
+        else:
+            parts, position, scores, trace = self.consume_by_character(ids, lengths, parts, position, collect)
+        return parts, position, (scores if log_probs else None), (trace if collect else None)
+
+    def consume_sequence(self, ids, lengths, parts, position, log_probs, collect):
+        """LSTM: each layer over the whole text in one BlockLSTM op, the time loop inside the kernel
+        (and the input projection for all characters in one matmul) instead of ops per character."""
+        batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
+        x = tf.transpose(tf.gather(self.embedding, tf.maximum(ids, 0)), [1, 0, 2])  # (time, batch, embedding)
+        last = tf.stack([tf.maximum(lengths - 1, 0), tf.range(batch)], axis=1)  # each row's last character
+        started = (lengths > 0)[:, None]
+        no_peephole = tf.zeros([self.hidden])
+        new_parts, states, gates = [], [], []
+        for i in range(self.layers):
+            h0, c0 = parts[2 * i], parts[2 * i + 1]
+            gi, cs, gf, go, gg, _, x = tf.raw_ops.BlockLSTM(
+                seq_len_max=tf.cast(steps, tf.int64), x=x, cs_prev=c0, h_prev=h0, w=self.kernels[i],
+                wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=self.biases[i], forget_bias=0.0,
+                cell_clip=-1.0, use_peephole=False)  # each (time, batch, hidden)
+            new_parts += [tf.where(started, tf.gather_nd(x, last), h0), tf.where(started, tf.gather_nd(cs, last), c0)]
+            states += [x, cs]
+            gates.append(tf.concat([gi, gf, gg, go], axis=2))
+        scores = tf.zeros([batch, steps])
+        if log_probs:
+            top_before = tf.concat([parts[-2][None], x[:-1]], axis=0)  # top h before each character
+            logits = tf.einsum("tbh,hv->tbv", top_before, self.head_kernel) + self.head_bias
+            scores = tf.gather(tf.nn.log_softmax(logits), tf.maximum(tf.transpose(ids), 0), batch_dims=2)
+            scores = tf.where(tf.sequence_mask(lengths, steps), tf.transpose(scores), 0.0)  # (batch, time)
+        trace = tf.concat(states + gates, axis=2) if collect else tf.zeros([steps, batch, self.trace_width])
+        return new_parts, position + tf.cast(lengths, tf.float32), scores, trace
+
+    def consume_by_character(self, ids, lengths, parts, position, collect):
+        batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
+        # One spare row at the end, so stacking works when the text is empty (size 0 cannot stack).
+        scores = tf.TensorArray(tf.float32, size=steps + 1)
+        trace = tf.TensorArray(tf.float32, size=steps + 1 if collect else 0)
+        for t in tf.range(steps):
+            active = t < lengths  # (batch,)
+            ids_t = tf.maximum(ids[:, t], 0)
+            scores = scores.write(t, tf.gather(tf.nn.log_softmax(self.logits(parts)), ids_t, batch_dims=1))
+            new_parts, gates = self.step(ids_t, parts)
+            if collect:
+                trace = trace.write(t, tf.concat(new_parts + gates, axis=1))
+            parts = [tf.where(active[:, None], n, o) for n, o in zip(new_parts, parts)]
+            position = tf.where(active, position + 1.0, position)
+        scores = scores.write(steps, tf.zeros([batch]))
+        scores = tf.where(tf.sequence_mask(lengths, steps), tf.transpose(scores.stack()[:steps]), 0.0)
+        trace = trace.write(steps, tf.zeros([batch, self.trace_width])).stack()[:steps] if collect else None
+        return parts, position, scores, trace
+
+    # --- the signatures ------------------------------------------------------------------------------
+    @tf.function(input_signature=signatures.tensor_specs(signatures.GENERATE))
+    def generate(self, prompt, state, num_chars, temperature, top_k, top_p, seed):
+        sampler.check_settings(num_chars, temperature, top_k, top_p)  # stateful asserts: tf.function runs them
+        ids, _, lengths, unknown, parts, position = self.read(prompt, state)
+        num_chars = tf.where(tf.strings.length(unknown) == 0, num_chars, 0)  # nor generates anything
+        args = (ids, lengths, parts, position, num_chars, temperature, top_k, top_p, seed)
+        # Choose the loop once per call, not per character: conds inside the loop cost every step.
+        small = tf.shape(prompt)[0] <= FUSED_CELL_MAX_BATCH
+        filtered = sampler.any_filter(top_k, top_p)
+        generated, parts, position = tf.switch_case(
+            tf.cast(small, tf.int32) * 2 + tf.cast(filtered, tf.int32),
+            [lambda fused=fused, filt=filt: self.prime_and_sample(*args, fused_cell=fused, filtered=filt)
+             for fused in (False, True) for filt in (False, True)])
+        chars = tf.gather(self.chars, tf.maximum(generated, 0))
+        text = tf.strings.reduce_join(tf.where(generated >= 0, chars, ""), axis=1)
+        return {"text": text, "state": self.pack(parts, position), "unknown_chars": unknown}
+
+    def prime_and_sample(self, ids, lengths, parts, position, num_chars, temperature, top_k, top_p, seed,
+                         fused_cell, filtered):
+        halves = fused_cell and self.cell == "lstm"
+        if halves:
+            # A few rows: the prompt too goes character by character on both cores, as generation does.
+            carried = [piece for p in parts for piece in (p[:, :self.hidden // 2], p[:, self.hidden // 2:])]
+            for t in tf.range(tf.shape(ids)[1]):
+                active = t < lengths
+                new = self.step_halves(tf.maximum(ids[:, t], 0), carried)
+                carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
+            position = position + tf.cast(lengths, tf.float32)
+        else:
+            parts, position, _, _ = self.consume(ids, lengths, parts, position)
+            carried = parts
+        longest = tf.reduce_max(tf.concat([num_chars, [0]], 0))
+        out = tf.TensorArray(tf.int32, size=longest + 1)  # a spare row: stacking size 0 fails
+        for i in tf.range(longest):
+            active = i < num_chars
+            top_h = tf.concat(carried[-4:-2], 1) if halves else (carried[-2] if self.cell == "lstm" else carried[-1])
+            next_ids = sampler.next_chars(self.head(top_h), temperature, top_k, top_p, seed, position, filtered)
+            new = self.step_halves(next_ids, carried) if halves else self.step(next_ids, carried)[0]
+            carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
+            position = tf.where(active, position + 1.0, position)
+            out = out.write(i, tf.where(active, next_ids, -1))
+        out = out.write(longest, -tf.ones_like(num_chars))
+        parts = [tf.concat(carried[k:k + 2], 1) for k in range(0, len(carried), 2)] if halves else carried
+        return tf.transpose(out.stack()), parts, position  # (batch, chars + 1), -1 where none generated
+
+    @tf.function(input_signature=signatures.tensor_specs(signatures.SCORE))
+    def score(self, text, state):
+        ids, lengths, read_lengths, unknown, parts, position = self.read(text, state)
+        parts, position, log_probs, _ = self.consume(ids, read_lengths, parts, position, log_probs=True)
+        counted = tf.maximum(read_lengths, 1)
+        bits = -tf.reduce_sum(log_probs, axis=1) / tf.cast(counted, tf.float32) / float(np.log(2.0))
+        return {"log_probs": log_probs, "lengths": lengths, "bits_per_char": bits,
+                "state": self.pack(parts, position), "unknown_chars": unknown}
+
+    @tf.function(input_signature=signatures.tensor_specs(signatures.ACTIVATIONS))
+    def activations(self, text, state):
+        ids, lengths, read_lengths, unknown, parts, position = self.read(text, state)
+        parts, position, _, trace = self.consume(ids, read_lengths, parts, position, collect=True)
+        trace = tf.transpose(trace, [1, 0, 2])  # (batch, time, layers * (per_layer + 4 if lstm) * hidden)
+        steps = tf.shape(trace)[1]
+        batch = tf.shape(trace)[0]
+        width = self.layers * self.per_layer * self.hidden
+        states = tf.reshape(trace[:, :, :width], [batch, steps, self.layers, self.per_layer, self.hidden])
+        result = {"hidden": states[:, :, :, 0], "lengths": lengths, "unknown_chars": unknown,
+                  "state": self.pack(parts, position)}
+        if self.cell == "lstm":
+            gates = tf.reshape(trace[:, :, width:], [batch, steps, self.layers, 4, self.hidden])
+            result.update(cell=states[:, :, :, 1], input_gate=gates[:, :, :, 0], forget_gate=gates[:, :, :, 1],
+                          cell_candidate=gates[:, :, :, 2], output_gate=gates[:, :, :, 3])
+        return result
+
+    @tf.function(input_signature=signatures.tensor_specs(signatures.METADATA))
+    def metadata(self, request):
+        batch = tf.shape(request)[0]
+        return {"vocab": tf.tile(self.chars[None, :], [batch, 1]), "info": tf.fill([batch], self.metadata_json),
+                "state_size": tf.fill([batch], self.state_size)}
+
+
+def half_cell_weights(kernel: np.ndarray, bias: np.ndarray, hidden: int, own: int):
+    """The rows and columns of a block-ordered LSTM kernel [x; h] (in + hidden, 4 * hidden) that compute the
+    units of one half (own = 0: units [0, half), 1: [half, hidden)), with the rows ordered as that half's
+    LSTMBlockCell sees its input: [x; h of the other half; h of its own half]."""
+    half = hidden // 2
+    own_units = np.arange(half) if own == 0 else np.arange(half, hidden)
+    other_units = np.arange(half, hidden) if own == 0 else np.arange(half)
+    n_in = kernel.shape[0] - hidden
+    rows = np.concatenate([np.arange(n_in), n_in + other_units, n_in + own_units])
+    cols = np.concatenate([gate * hidden + own_units for gate in range(4)])
+    return kernel[rows][:, cols], bias[cols]
+
+
+def block_cell_gate_order(w: np.ndarray) -> np.ndarray:
+    """Keras keeps an LSTM's gates as i, f, c, o along the last axis; TF's LSTMBlockCell wants i, c, f, o."""
+    i, f, c, o = np.split(w, 4, axis=-1)
+    return np.concatenate([i, c, f, o], axis=-1)

@@ -1,0 +1,87 @@
+"""The in-graph sampler: from a batch of next-character logits and each row's settings to the next characters.
+
+Used by the exported graph (training/graph.py) for every `generate` call, and so by the sample printed after
+each training epoch, which runs the same graph: one sampler, one random stream, the same text for the same
+seed wherever it runs.
+
+Order: temperature, then top-k, then top-p, then inverse-CDF sampling with one uniform number per row per
+character: splitmix64's output number `position` for the stream `seed`. A row's draws never depend on its
+batch-mates, and a continued stream draws what one long call would have drawn.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from model_interface.signatures import MAX_CHARS_PER_CALL, MAX_TEMPERATURE, MAX_TOP_K
+
+GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
+
+
+def check_settings(num_chars, temperature, top_k, top_p) -> list:
+    """The assertions a `generate` call must pass: TF Serving returns their message as INVALID_ARGUMENT, and
+    the gateway shows it, so each names the input and its bounds (model_interface.signatures')."""
+    return [
+        tf.debugging.assert_positive(temperature, message="temperature must be > 0"),
+        tf.debugging.assert_less_equal(temperature, MAX_TEMPERATURE,
+                                       message=f"temperature must be <= {MAX_TEMPERATURE:g}"),
+        tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = off)"),
+        tf.debugging.assert_less_equal(top_k, MAX_TOP_K, message=f"top_k must be <= {MAX_TOP_K}"),
+        tf.debugging.assert_positive(top_p, message="top_p must be in (0, 1]"),
+        tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
+        tf.debugging.assert_non_negative(num_chars, message="num_chars must be >= 0"),
+        tf.debugging.assert_less_equal(num_chars, MAX_CHARS_PER_CALL,
+                                       message=f"num_chars must be <= {MAX_CHARS_PER_CALL} per call"),
+    ]
+
+
+def mix(x):
+    """splitmix64's finaliser on uint64 tensors: a counter in, 64 well-mixed bits out."""
+    def shift(x, n):
+        return tf.bitwise.right_shift(x, tf.constant(n, tf.uint64))
+
+    x = (x ^ shift(x, 30)) * tf.constant(0xBF58476D1CE4E5B9, tf.uint64)
+    x = (x ^ shift(x, 27)) * tf.constant(0x94D049BB133111EB, tf.uint64)
+    return x ^ shift(x, 31)
+
+
+def uniform(seed, position):
+    """(batch,) numbers in (0, 1): 24 bits of splitmix64(seed + (position + 1) * golden)."""
+    counter = tf.bitcast(seed, tf.uint64) + (tf.cast(position, tf.uint64) + 1) * tf.constant(GOLDEN, tf.uint64)
+    top24 = tf.bitwise.right_shift(mix(counter), tf.constant(40, tf.uint64))
+    return (tf.cast(top24, tf.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def draw(logits, seed, position):
+    """Inverse-CDF sampling: the first character whose cumulative probability reaches the row's number."""
+    vocab_size = tf.shape(logits)[1]
+    u = uniform(seed, position)  # (batch,)
+    cdf = tf.cumsum(tf.nn.softmax(logits), axis=1)  # (batch, vocab)
+    below = tf.cast(cdf < u[:, None] * cdf[:, -1:], tf.int32)
+    return tf.minimum(tf.reduce_sum(below, axis=1), vocab_size - 1)
+
+
+def top_k_top_p(logits, top_k, top_p):
+    """Leave the k likeliest characters, then the likeliest whose mass reaches p; the rest -inf."""
+    vocab_size = tf.shape(logits)[1]
+    ranked = tf.sort(logits, direction="DESCENDING")  # (batch, vocab)
+    kth = tf.gather(ranked, tf.clip_by_value(top_k - 1, 0, vocab_size - 1), batch_dims=1)
+    floor = tf.where(top_k > 0, kth, -np.inf)
+    probs = tf.nn.softmax(tf.where(ranked >= floor[:, None], ranked, -np.inf))
+    before = tf.cumsum(probs, axis=1, exclusive=True)  # mass of the better-ranked characters
+    nucleus = tf.reduce_min(tf.where(before < top_p[:, None], ranked, np.inf), axis=1)
+    floor = tf.maximum(floor, nucleus)
+    return tf.where(logits >= floor[:, None], logits, -np.inf)
+
+
+def any_filter(top_k, top_p):
+    """Whether any row filters: the sort costs every step, so rows that do not filter skip it."""
+    return tf.reduce_any(top_k > 0) | tf.reduce_any(top_p < 1.0)
+
+
+def next_chars(logits, temperature, top_k, top_p, seed, position, filtered: bool):
+    """The next character of every row: (batch, vocab) logits -> (batch,) ids."""
+    logits = logits / temperature[:, None]
+    if filtered:
+        logits = top_k_top_p(logits, top_k, top_p)
+    return draw(logits, seed, position)
