@@ -2,26 +2,23 @@
 
     python -m benchmarks.bench_serve [--hidden 512 --layers 2 --chars 2000 --concurrency 16 64]
 
-Exports a random-weights model of the shape (as bench_generate does), starts gunicorn with
-serving/gunicorn.conf.py on 127.0.0.1 (local backend), and measures with a streaming HTTP client (http.client,
+Exports a random-weights model of the shape (training.export.export_untrained), starts gunicorn with
+serving/gunicorn.conf.py on 127.0.0.1 (local backend, serving.launch.GunicornGateway), and measures with a streaming HTTP client (http.client,
 server-sent events parsed as they arrive): one stream's characters per second from request to last
 character; time to first character for 100-character prompts (each prompt different); aggregate characters per
-second with many concurrent streams. The in-process `generate` rate of the same model is measured first, as
-the ceiling the gateway adds its overhead to. Prints one JSON line per measurement and appends them to
+second with many concurrent streams. The in-process `generate` rate of the same model (model_interface's
+ModelClient, in-process transport) is measured first, as the ceiling the gateway adds its overhead to. Prints one JSON line per measurement and appends them to
 docs/results.md.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,18 +26,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.bench_generate import RESULTS, export_random_model, time_generate  # noqa: E402
+from benchmarks.bench_generate import RESULTS, time_generate  # noqa: E402
 from benchmarks.machine import machine  # noqa: E402
+from model_interface.client import InProcess, ModelClient  # noqa: E402
+from model_interface.signatures import MAX_CHARS_PER_CALL, SamplingSettings, fresh_states  # noqa: E402
+from serving.launch import GunicornGateway  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-VOCAB = [chr(32 + i) for i in range(65)]  # export_random_model's vocabulary
+VOCAB = [chr(32 + i) for i in range(65)]  # the random-weights model's vocabulary
 PROMPT_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ      ,.;:!?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stream_completion(port: int, prompt: str, max_tokens: int, seed: int) -> dict:
@@ -92,59 +85,18 @@ def concurrent(port: int, streams: int, chars: int) -> float:
     return sum(r["chars"] for r in results) / elapsed
 
 
-def first_chunk_seconds(generate, repeats: int) -> float:
+def first_chunk_seconds(client: ModelClient, repeats: int) -> float:
     """Median time of the call the gateway makes for a new stream with a 100-character prompt: the prompt
-    and the first chunk (4 characters) -- the floor under the gateway's time to first character."""
-    import tensorflow as tf
-
+    and the first chunk (4 characters), from a full-width zero state -- the floor under the gateway's time to
+    first character."""
+    states = fresh_states(1, client.metadata.state_size)
     times = []
     for i in range(repeats + 1):
         prompt = "".join(random.choices(PROMPT_CHARS, k=100))
         started = time.perf_counter()
-        generate(prompt=tf.constant([prompt]), state=tf.zeros([1, 0]), num_chars=tf.constant([4]),
-                 temperature=tf.constant([1.0]), top_k=tf.constant([0]), top_p=tf.constant([0.95]),
-                 seed=tf.constant([i], tf.int64))
+        client.generate([prompt], 4, SamplingSettings(top_p=0.95, seed=i), states)
         times.append(time.perf_counter() - started)
     return statistics.median(times[1:])  # the first call pays for graph optimisation
-
-
-def start_gateway(model_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "CHARLM_MODEL_DIR": str(model_dir), "CHARLM_MAX_STREAMS": "80"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn.conf.py",
-                                "--bind", f"127.0.0.1:{port}", "serving.app:create_app()"],
-                               cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                               start_new_session=True)  # its own process group, ended with its workers
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            stop(process)
-            raise RuntimeError(f"gunicorn exited:\n{log.read_text()}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return process
-        except OSError:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    raise RuntimeError(f"gunicorn not ready after 300 s:\n{log.read_text()}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM (graceful), then the whole process group, so no worker outlives the benchmark."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def main() -> None:
@@ -158,28 +110,32 @@ def main() -> None:
     parser.add_argument("--concurrent-chars", type=int, default=400, help="characters per concurrent stream")
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/results.md")
     args = parser.parse_args()
+    if not 1 <= args.chars <= MAX_CHARS_PER_CALL:  # the in-process ceiling is measured in one generate call
+        parser.error(f"--chars must be in 1..{MAX_CHARS_PER_CALL}, got {args.chars}")
 
     import tensorflow as tf
 
+    from training.config import TrainConfig
+    from training.export import export_untrained
+
     random.seed(0)
+    config = dataclasses.replace(TrainConfig(), hidden_size=args.hidden, num_layers=args.layers,
+                                 embedding_size=64, dropout=0.0)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "charlm"
-        version = export_random_model(args.hidden, args.layers, 64, len(VOCAB), model_dir / "1")
-        generate = tf.saved_model.load(str(version)).signatures["generate"]
-        in_process = time_generate(generate, 1, args.chars, 3)
-        in_process_ttfc = first_chunk_seconds(generate, args.ttfc_requests)
-        del generate  # free the cores' caches and memory for the gateway
-        port = free_port()
-        gateway = start_gateway(model_dir, port, Path(tmp) / "gunicorn.log")
-        try:
+        version = export_untrained(config, VOCAB, Path(tmp), "charlm")  # -> <tmp>/charlm/1
+        client = ModelClient(InProcess(version))
+        in_process = time_generate(client, 1, args.chars, 3)
+        in_process_ttfc = first_chunk_seconds(client, args.ttfc_requests)
+        client.close()  # free the cores' caches and memory for the gateway
+        with GunicornGateway(version.parent, Path(tmp) / "gunicorn.log", {"CHARLM_MAX_STREAMS": "80"},
+                             ready_timeout_s=300, stop_timeout_s=60) as gateway:
+            port = gateway.port
             stream_completion(port, "A", 50, 0)  # warm the connection path
             singles = [stream_completion(port, " ", args.chars, seed) for seed in range(args.repeats)]
             single = statistics.median(r["chars"] / r["total_s"] for r in singles)
             ttfc = sorted(stream_completion(port, "".join(random.choices(PROMPT_CHARS, k=100)), 8, i)["ttfc_s"]
                           for i in range(args.ttfc_requests))
             aggregate = {n: concurrent(port, n, args.concurrent_chars) for n in args.concurrency}
-        finally:
-            stop(gateway)
 
     shape = dict(hidden=args.hidden, layers=args.layers)
     p50, p90 = statistics.median(ttfc), ttfc[int(0.9 * (len(ttfc) - 1))]

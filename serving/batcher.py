@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from flask import Flask, current_app
 
-from serving.backends import BackendError, BackendRejected, BackendUnavailable
+from model_interface import signatures as sig
+from model_interface.errors import InputRejected, ModelInterfaceError, ModelUnavailable
+from model_interface.signatures import SamplingSettings
+from serving.errors import TooManyStreams
 
 log = logging.getLogger(__name__)
-
-GENERATE_OUTPUTS = ("text", "state", "unknown_chars")
 
 
 @dataclass(eq=False)
@@ -32,10 +33,7 @@ class Stream:
     prompt: str  # still to be consumed
     state: np.ndarray | None  # float32 [state_size]; None = a fresh start
     remaining: int  # characters still to generate
-    temperature: float
-    top_k: int
-    top_p: float
-    seed: int
+    sampling: SamplingSettings
     version: int  # the model version its state belongs to
     state_size: int  # that version's state width
     sink: queue.SimpleQueue = field(repr=False)
@@ -58,11 +56,7 @@ class Done:
 @dataclass
 class Failed:
     index: int
-    error: BackendError
-
-
-class TooManyStreams(Exception):
-    pass
+    error: ModelInterfaceError
 
 
 class Batcher:
@@ -77,7 +71,7 @@ class Batcher:
         with self._cond:
             if self._count() + len(streams) > self.settings.max_streams:
                 raise TooManyStreams(f"{self._count()} streams are running; this worker takes at most "
-                                     f"{self.settings.max_streams}")
+                                     f"{self.settings.max_streams}", self.settings.retry_after_s)
             self._pending.extend(streams)
             if self._thread is None:  # started on first use: in a gunicorn worker that is after the fork
                 self._thread = threading.Thread(target=self._run, name="charlm-batcher", daemon=True)
@@ -117,7 +111,7 @@ class Batcher:
                 finished = self._advance(rows)
             except Exception as e:  # a bug must fail these streams, not kill the thread every stream relies on
                 log.exception("batcher step failed")
-                error = BackendUnavailable(f"internal error while generating: {type(e).__name__}")
+                error = ModelUnavailable(f"internal error while generating: {type(e).__name__}")
                 for stream in rows:
                     stream.sink.put(Failed(stream.index, error))
                 finished = set(rows)
@@ -137,25 +131,20 @@ class Batcher:
         num_chars = [0 if rest else min(chunk, s.remaining) for s, rest in zip(rows, rests)]
         # Always the full width, zeros for a fresh start: TF Serving's batching stacks calls from many
         # gateways and fails a batch whose inputs differ beyond the batch dimension ([n, 0] next to [m, width]).
-        width = rows[0].state_size
-        state = np.stack([s.state if s.state is not None else np.zeros(width, np.float32) for s in rows])
-        inputs = {
-            "prompt": np.array(pieces, dtype=object), "state": state,
-            "num_chars": np.array(num_chars, np.int32),
-            "temperature": np.array([s.temperature for s in rows], np.float32),
-            "top_k": np.array([s.top_k for s in rows], np.int32),
-            "top_p": np.array([s.top_p for s in rows], np.float32),
-            "seed": np.array([s.seed for s in rows], np.int64),
-        }
+        states = sig.fresh_states(len(rows), rows[0].state_size)
+        for row, stream in zip(states, rows):
+            if stream.state is not None:
+                row[:] = stream.state
+        inputs = sig.generate_inputs(pieces, states, num_chars, [s.sampling for s in rows])
         started = time.perf_counter()
         try:
-            outputs = self.backend.call("generate", rows[0].version, inputs, GENERATE_OUTPUTS)
-        except BackendError as e:
+            outputs = self.backend.call(sig.GENERATE, rows[0].version, inputs, sig.OUTPUTS[sig.GENERATE])
+        except ModelInterfaceError as e:
             for stream in rows:
                 stream.sink.put(Failed(stream.index, e))
             return set(rows)
         finally:
-            self.metrics.backend_seconds.labels("generate").observe(time.perf_counter() - started)
+            self.metrics.backend_seconds.labels(sig.GENERATE).observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(rows))
 
         finished, generated = set(), 0
@@ -165,7 +154,7 @@ class Batcher:
             if unknown or len(text) != num_chars[i]:
                 problem = (f"the prompt has characters outside the model's vocabulary: {list(unknown)}" if unknown
                            else f"the model generated {len(text)} characters instead of {num_chars[i]}")
-                stream.sink.put(Failed(stream.index, BackendRejected(problem)))
+                stream.sink.put(Failed(stream.index, InputRejected(problem)))
                 finished.add(stream)
                 continue
             stream.state = outputs["state"][i].copy()

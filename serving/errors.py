@@ -1,11 +1,19 @@
-"""OpenAI's error envelope {"error": {"message", "type", "param", "code"}} for every failure, so no client
-ever sees an HTML page, a traceback or a bare 500."""
+"""Every failure as OpenAI's error envelope {"error": {"message", "type", "param", "code"}}, so no client ever
+sees an HTML page, a traceback or a bare 500.
+
+The rest of the gateway raises typed errors that say what went wrong, not how HTTP tells it: the model
+interface's (model_interface.errors: the model is unavailable, the version is gone, the deadline passed, the
+inputs were refused) and the gateway's own below. This module alone turns them into statuses and codes.
+"""
 from __future__ import annotations
 
 import logging
 
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
+
+from model_interface.errors import (DeadlineExceeded, InputRejected, ModelInterfaceError, ModelUnavailable,
+                                    VersionNotFound)
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +26,30 @@ HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 4
               415: "unsupported_media_type"}
 
 
+# --- the gateway's own typed failures ------------------------------------------------------------------------
+class GatewayError(Exception):
+    """Base of the gateway's own failures (the model interface has its own)."""
+
+
+class UnknownModel(GatewayError):
+    """The request names a model this gateway does not serve."""
+
+
+class TooManyStreams(GatewayError):
+    """The worker already runs as many generations as it takes."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class GenerationStalled(GatewayError):
+    """A stream received nothing for too long."""
+
+
 class APIError(Exception):
+    """A failure already in HTTP's terms: request validation, authentication, and what the mapping below gives."""
+
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  type: str | None = None, headers: dict | None = None):
         super().__init__(message)
@@ -34,6 +65,41 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_val
     return APIError(400, message, param=param, code=code)
 
 
+# Most specific first: VersionNotFound is a ModelUnavailable; the last row catches the model interface's
+# other failures (a version whose metadata cannot be read is as unusable as one that is not there).
+STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
+    (UnknownModel, 404, "model_not_found"),
+    (TooManyStreams, 429, "too_many_streams"),
+    (GenerationStalled, 504, "generation_stalled"),
+    (InputRejected, 400, "invalid_value"),
+    (VersionNotFound, 503, "version_unloaded"),
+    (ModelUnavailable, 503, "backend_unavailable"),
+    (DeadlineExceeded, 504, "backend_timeout"),
+    (ModelInterfaceError, 503, "backend_unavailable"),
+)
+
+
+def as_api_error(error: Exception) -> APIError | None:
+    """The status, code and envelope of a typed failure; None for anything else (a bug: a logged 500)."""
+    if isinstance(error, APIError):
+        return error
+    for kind, status, code in STATUSES:
+        if isinstance(error, kind):
+            break
+    else:
+        return None
+    if isinstance(error, UnknownModel):
+        return APIError(status, str(error), param="model", code=code)
+    if isinstance(error, TooManyStreams):
+        return APIError(status, f"too many concurrent streams: {error}; retry shortly", code=code,
+                        headers={"Retry-After": str(error.retry_after_s)})
+    return APIError(status, str(error), code=code)
+
+
+def internal_error() -> APIError:
+    return APIError(500, "internal error; it has been logged", code="internal_error")
+
+
 def error_response(error: APIError):
     response = jsonify(error.body())
     response.status_code = error.status
@@ -43,8 +109,10 @@ def error_response(error: APIError):
 
 def init_app(app: Flask) -> None:
     @app.errorhandler(APIError)
-    def api_error(error: APIError):
-        return error_response(error)
+    @app.errorhandler(GatewayError)
+    @app.errorhandler(ModelInterfaceError)
+    def typed_error(error: Exception):
+        return error_response(as_api_error(error))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
@@ -60,4 +128,4 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
         log.exception("unhandled error")  # the traceback goes to the log, never to the client
-        return error_response(APIError(500, "internal error; it has been logged", code="internal_error"))
+        return error_response(internal_error())

@@ -2,20 +2,22 @@
 (recording time to first character and inter-character latency), stop strings, server-sent events."""
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
 import secrets
 import time
-from typing import Iterator
+from typing import Iterator, Sequence
 
+import numpy as np
 from flask import Response, g
 
-from serving.backends import ModelInfo
-from serving.batcher import Batcher, Chunk, Done, Failed, Stream, TooManyStreams
-from serving.errors import APIError, bad_request
+from model_interface.signatures import SamplingSettings
+from serving.backend import ServedModel
+from serving.batcher import Batcher, Chunk, Done, Failed, Stream
+from serving.errors import GenerationStalled, as_api_error, bad_request, internal_error
 
-INT64 = 2 ** 63
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ def random_seed() -> int:
     return secrets.randbits(63)
 
 
-def check_vocabulary(model: ModelInfo, text: str, param: str) -> None:
+def check_vocabulary(model: ServedModel, text: str, param: str) -> None:
     unknown = model.unknown_chars(text)
     if unknown:
         shown = ", ".join(repr(c) for c in unknown[:20]) + (", ..." if len(unknown) > 20 else "")
@@ -34,9 +36,8 @@ def check_vocabulary(model: ModelInfo, text: str, param: str) -> None:
 class RequestStreams:
     """The streams of one HTTP request and the events they send back, in arrival order."""
 
-    def __init__(self, batcher: Batcher, streams: list[Stream], sink: queue.SimpleQueue, endpoint: str,
-                 settings, metrics):
-        self.batcher, self.streams, self.sink = batcher, streams, sink
+    def __init__(self, streams: list[Stream], sink: queue.SimpleQueue, endpoint: str, settings, metrics):
+        self.streams, self.sink = streams, sink
         self.endpoint, self.settings, self.metrics = endpoint, settings, metrics
         self.open = {s.index for s in streams}
         self.started = getattr(g, "started", time.perf_counter())
@@ -44,26 +45,41 @@ class RequestStreams:
         self.last_chunk_at: dict[int, float] = {}
 
     @classmethod
-    def submit(cls, batcher: Batcher, model: ModelInfo, rows: list[dict], endpoint: str, settings, metrics):
+    def submit(cls, batcher: Batcher, model: ServedModel, prompts: Sequence[str], max_chars: int,
+               sampling: Sequence[SamplingSettings], endpoint: str, settings, metrics,
+               states: Sequence[np.ndarray | None] | None = None) -> "RequestStreams":
+        """Stream i consumes prompts[i] (after states[i]; None: a fresh text), then generates max_chars
+        characters with sampling[i]. TooManyStreams if the worker has no room for them all."""
         sink = queue.SimpleQueue()
-        streams = [Stream(index=i, version=model.version, state_size=model.state_size, sink=sink, **row) for i, row in enumerate(rows)]
-        try:
-            batcher.submit(streams)
-        except TooManyStreams as e:
-            raise APIError(429, f"too many concurrent streams: {e}; retry shortly", code="too_many_streams",
-                           headers={"Retry-After": str(settings.retry_after_s)}) from None
-        return cls(batcher, streams, sink, endpoint, settings, metrics)
+        states = states if states is not None else [None] * len(prompts)
+        streams = [Stream(index=i, prompt=prompt, state=state, remaining=max_chars, sampling=row_sampling,
+                          version=model.version, state_size=model.state_size, sink=sink)
+                   for i, (prompt, state, row_sampling) in enumerate(zip(prompts, states, sampling, strict=True))]
+        batcher.submit(streams)
+        return cls(streams, sink, endpoint, settings, metrics)
 
-    def events(self) -> Iterator[Chunk | Done | Failed]:
-        """Until every stream is done, failed or finished by the caller."""
+    def events(self) -> Iterator[Chunk | Done]:
+        """Every stream's text and end, until all are done or finished by the caller; a failed stream raises its
+        error. The first event is awaited now, before the route picks its reply: a request whose backend is
+        down or whose input the model refuses gets its 4xx/5xx, not a 200 with an error inside."""
+        events = self._events()
+        try:
+            first = next(events, None)
+        except BaseException:
+            self.cancel()
+            raise
+        return itertools.chain([first] if first is not None else [], events)
+
+    def _events(self) -> Iterator[Chunk | Done]:
         while self.open:
             try:
                 event = self.sink.get(timeout=self.settings.stream_idle_timeout_s)
             except queue.Empty:
-                raise APIError(504, f"no output for {self.settings.stream_idle_timeout_s:g} s",
-                               code="generation_stalled") from None
+                raise GenerationStalled(f"no output for {self.settings.stream_idle_timeout_s:g} s") from None
             if event.index not in self.open:
                 continue
+            if isinstance(event, Failed):
+                raise event.error
             now = time.perf_counter()
             if isinstance(event, Chunk):
                 if self.first_char_at is None:
@@ -77,20 +93,6 @@ class RequestStreams:
                 self.open.discard(event.index)
             yield event
 
-    def first(self) -> tuple[Chunk | Done | Failed | None, Iterator]:
-        """The first event, raising its error as the HTTP status if it failed: a request whose backend is down
-        or whose input the model refuses gets a 4xx/5xx, not a 200 with an error inside."""
-        events = self.events()
-        try:
-            event = next(events, None)
-        except BaseException:
-            self.cancel()
-            raise
-        if isinstance(event, Failed):
-            self.cancel()
-            raise event.error.as_api_error()
-        return event, events
-
     def finish(self, index: int) -> None:
         """Stop one stream early (a stop string was found)."""
         self.open.discard(index)
@@ -99,7 +101,8 @@ class RequestStreams:
                 stream.cancelled = True
 
     def cancel(self) -> None:
-        """The client is gone or the request failed: the batcher drops these streams before its next call."""
+        """The client is gone or the request failed or is answered: the batcher drops these streams before its
+        next call."""
         self.open.clear()
         for stream in self.streams:
             stream.cancelled = True
@@ -139,11 +142,12 @@ def guarded(events: Iterator[str], generation: RequestStreams) -> Iterator[str]:
     OpenAI's envelope (its clients raise it), never a cut connection or a traceback."""
     try:
         yield from events
-    except APIError as e:
-        yield sse(e.body())
-    except Exception:
-        log.exception("stream failed")
-        yield sse(APIError(500, "internal error; it has been logged", code="internal_error").body())
+    except Exception as e:
+        error = as_api_error(e)
+        if error is None:
+            log.exception("stream failed")
+            error = internal_error()
+        yield sse(error.body())
     finally:
         generation.cancel()  # a client that went away closes this generator: its streams stop at the next chunk
 

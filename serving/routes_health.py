@@ -19,7 +19,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     backend = current_backend()
-    model = backend.check()  # a BackendError becomes a 503 (or 504) with the reason
+    model = backend.check()  # a failure becomes a 503 (or 504) with the reason (serving/errors.py)
     return jsonify(Ready(status="ready", backend=backend.kind, model=model.name, version=model.version).model_dump())
 
 

@@ -1,26 +1,29 @@
 """Native routes: POST /v1/generate (with a continuation state), /v1/score and /v1/activations."""
 from __future__ import annotations
 
-import itertools
 import math
 import uuid
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from flask import Blueprint, jsonify, request
 
+from model_interface import signatures as sig
 from serving import state_token
-from serving.backends import ModelInfo, current_backend, resolve_model
-from serving.batcher import Chunk, Failed, current_batcher
+from serving.backend import ServedModel
+from serving.backends import current_backend, resolve_model
+from serving.batcher import Chunk, Done, current_batcher
 from serving.errors import bad_request
 from serving.generation import RequestStreams, check_vocabulary, event_stream, random_seed, sse
 from serving.metrics import current_metrics
-from serving.settings import current_settings
 from serving.schemas import Activations, ActivationsRequest, Generation, GenerateRequest, Score, ScoreRequest, parse
+from serving.settings import current_settings
 
 bp = Blueprint("native", __name__, url_prefix="/v1")
 
 
-def read_state(token: str | None, model: ModelInfo) -> tuple[int | None, np.ndarray | None]:
+def read_state(token: str | None, model: ServedModel) -> tuple[int | None, np.ndarray | None]:
     if token is None:
         return None, None
     try:
@@ -29,9 +32,18 @@ def read_state(token: str | None, model: ModelInfo) -> tuple[int | None, np.ndar
         raise bad_request(str(e), "state", code="invalid_state") from None
 
 
-def state_input(state: np.ndarray | None, model: ModelInfo) -> np.ndarray:
+def state_rows(state: np.ndarray | None, model: ServedModel) -> np.ndarray:
     """Full width always (zeros for a fresh start), so TF Serving's batching can stack it with any other call."""
-    return state[None, :] if state is not None else np.zeros([1, model.state_size], np.float32)
+    return state[None, :] if state is not None else sig.fresh_states(1, model.state_size)
+
+
+@dataclass(frozen=True)
+class GenerationPiece:
+    """Generated characters; the last piece carries the finish reason and the continuation state."""
+
+    text: str
+    finish_reason: str | None = None
+    state: str | None = None
 
 
 @bp.post("/generate")
@@ -42,44 +54,44 @@ def generate():
     kept_seed, state = read_state(body.state, model)
     check_vocabulary(model, body.prompt, "prompt")
     seed = body.seed if body.seed is not None else kept_seed if kept_seed is not None else random_seed()
-    row = dict(prompt=body.prompt, state=state, remaining=body.max_chars, temperature=body.temperature,
-               top_k=body.top_k, top_p=body.top_p, seed=seed)
-    generation = RequestStreams.submit(current_batcher(), model, [row], "/v1/generate", config, current_metrics())
-    first, events = generation.first()
-    events = itertools.chain([first], events)
-    reply = dict(id=f"gen-{uuid.uuid4().hex[:24]}", model=model.name, version=model.version, seed=seed)
-
-    def final_state(event) -> str:
-        return state_token.encode(model.name, model.version, seed, event.state)
-
+    sampling = body.sampling().with_seed(seed)
+    generation = RequestStreams.submit(current_batcher(), model, [body.prompt], body.max_chars, [sampling],
+                                       "/v1/generate", config, current_metrics(), states=[state])
+    pieces = generation_pieces(generation.events(), model, seed)
+    head = Generation(id=f"gen-{uuid.uuid4().hex[:24]}", object="generation.chunk", model=model.name,
+                      version=model.version, text="", finish_reason=None, seed=seed, state=None)
     if body.stream:
-        def stream():
-            for event in events:
-                if isinstance(event, Failed):
-                    raise event.error.as_api_error()  # sent as an error event: the headers are out already
-                if isinstance(event, Chunk):
-                    yield sse(Generation(**reply, object="generation.chunk", text=event.text,
-                                         finish_reason=None, state=None).model_dump())
-                else:
-                    yield sse(Generation(**reply, object="generation.chunk", text="", finish_reason="length",
-                                         state=final_state(event)).model_dump())
-            yield sse("[DONE]")
-
-        return event_stream(stream(), generation)
-
-    text = []
+        return event_stream(generation_events(pieces, head), generation)
     try:
-        for event in events:
-            if isinstance(event, Failed):
-                raise event.error.as_api_error()
-            if isinstance(event, Chunk):
-                text.append(event.text)
-            else:
-                done = event
+        return jsonify(generation_reply(pieces, head).model_dump())
     finally:
         generation.cancel()
-    return jsonify(Generation(**reply, object="generation", text="".join(text), finish_reason="length",
-                              state=final_state(done)).model_dump())
+
+
+def generation_pieces(events: Iterator[Chunk | Done], model: ServedModel, seed: int) -> Iterator[GenerationPiece]:
+    """The route's one loop over the batcher's events, for the streamed and the plain reply alike."""
+    for event in events:
+        if isinstance(event, Chunk):
+            yield GenerationPiece(event.text)
+        else:
+            yield GenerationPiece("", "length", state_token.encode(model.name, model.version, seed, event.state))
+
+
+def generation_events(pieces: Iterator[GenerationPiece], head: Generation) -> Iterator[str]:
+    for piece in pieces:
+        yield sse(head.model_copy(update={"text": piece.text, "finish_reason": piece.finish_reason,
+                                          "state": piece.state}).model_dump())
+    yield sse("[DONE]")
+
+
+def generation_reply(pieces: Iterator[GenerationPiece], head: Generation) -> Generation:
+    """The pieces folded into one reply: all the text, the last piece's finish reason and state."""
+    text, last = [], None
+    for piece in pieces:
+        text.append(piece.text)
+        last = piece
+    return head.model_copy(update={"object": "generation", "text": "".join(text),
+                                   "finish_reason": last.finish_reason, "state": last.state})
 
 
 @bp.post("/score")
@@ -88,9 +100,8 @@ def score():
     model = resolve_model(body.model)
     kept_seed, state = read_state(body.state, model)
     check_vocabulary(model, body.text, "text")
-    out = current_backend().call("score", model.version, {"text": np.array([body.text], object),
-                                                          "state": state_input(state, model)},
-                                 ("log_probs", "lengths", "bits_per_char", "state", "unknown_chars"))
+    out = current_backend().call(sig.SCORE, model.version, sig.text_inputs([body.text], state_rows(state, model)),
+                                 sig.OUTPUTS[sig.SCORE])
     length = int(out["lengths"][0])
     log2 = (out["log_probs"][0, :length] / math.log(2)).round(5).tolist() if body.per_char else None
     return jsonify(Score(model=model.name, version=model.version, characters=length,
@@ -105,15 +116,15 @@ def activations():
     model = resolve_model(body.model)
     kept_seed, state = read_state(body.state, model)
     check_vocabulary(model, body.text, "text")
-    layer = model.num_layers - 1 if body.layer is None else body.layer
-    if layer >= model.num_layers:
-        raise bad_request(f"layer must be below {model.num_layers}: the model has {model.num_layers} layer(s)",
-                          "layer")
+    layers, cell = model.metadata.num_layers, model.metadata.cell
+    layer = layers - 1 if body.layer is None else body.layer
+    if layer >= layers:
+        raise bad_request(f"layer must be below {layers}: the model has {layers} layer(s)", "layer")
     source = "cell" if body.kind == "tanh_cell" else body.kind
-    if model.cell != "lstm" and source != "hidden":
-        raise bad_request(f"a {model.cell} model has only 'hidden' activations", "kind")
-    out = current_backend().call("activations", model.version, {"text": np.array([body.text], object),
-                                                                "state": state_input(state, model)},
+    if cell != "lstm" and source != "hidden":
+        raise bad_request(f"a {cell} model has only 'hidden' activations", "kind")
+    out = current_backend().call(sig.ACTIVATIONS, model.version,
+                                 sig.text_inputs([body.text], state_rows(state, model)),
                                  (source, "lengths", "state", "unknown_chars"))
     length = int(out["lengths"][0])
     values = out[source][0, :length, layer, :]

@@ -2,25 +2,27 @@
 official `openai` client and tools built on it work unchanged."""
 from __future__ import annotations
 
-import itertools
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Iterator, Literal
 
 from flask import Blueprint, jsonify, request
 
-from serving.backends import Backend, ModelInfo, current_backend, resolve_model
-from serving.batcher import Chunk, Done, Failed, current_batcher
+from serving.backend import Backend, ServedModel
+from serving.backends import current_backend, resolve_model
+from serving.batcher import Chunk, Done, current_batcher
 from serving.errors import bad_request
-from serving.generation import (INT64, RequestStreams, StopScanner, check_vocabulary, event_stream,
-                                random_seed, sse)
+from serving.generation import RequestStreams, StopScanner, check_vocabulary, event_stream, random_seed, sse
 from serving.metrics import current_metrics
+from serving.schemas import (Completion, CompletionChoice, CompletionRequest, ModelCard, ModelList, Usage,
+                             parse)
 from serving.settings import current_settings
-from serving.schemas import Completion, CompletionRequest, ModelCard, ModelList, parse
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
 
-def model_card(backend: Backend, model: ModelInfo) -> ModelCard:
+def model_card(backend: Backend, model: ServedModel) -> ModelCard:
     return ModelCard(id=model.name, created=model.created, owned_by="charlm", version=model.version,
                      versions=backend.versions(), backend=backend.kind)
 
@@ -36,89 +38,91 @@ def get_model(model_id: str):
     return jsonify(model_card(current_backend(), resolve_model(model_id)).model_dump())
 
 
+@dataclass(frozen=True)
+class ChoicePiece:
+    """Characters of one choice; a choice's last piece carries its finish reason."""
+
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+
+
 @bp.post("/completions")
 def completions():
     config = current_settings()
     body = parse(CompletionRequest, request.get_data(), config)
     model = resolve_model(body.model)
-    prompts = body.prompts
-    for i, prompt in enumerate(prompts):
+    for i, prompt in enumerate(body.prompts):
         check_vocabulary(model, prompt, "prompt" if isinstance(body.prompt, str) else f"prompt.{i}")
-    choices = len(prompts) * body.n
-    if choices > config.max_streams:
-        raise bad_request(f"{choices} choices (prompts x n) exceed the limit of {config.max_streams}", "n")
+    prompt_of = [p for p in body.prompts for _ in range(body.n)]  # choice i continues prompt_of[i]
+    if len(prompt_of) > config.max_streams:
+        raise bad_request(f"{len(prompt_of)} choices (prompts x n) exceed the limit of {config.max_streams}", "n")
     base_seed = body.seed if body.seed is not None else random_seed()
+    sampling = body.sampling()
     # Choice i of a seeded request draws from seed + i: reproducible, and distinct between choices.
-    rows = [dict(prompt=prompt, state=None, remaining=body.max_tokens, temperature=body.temperature, top_k=0,
-                 top_p=body.top_p, seed=(base_seed + j + INT64) % (2 * INT64) - INT64)
-            for j, prompt in enumerate(p for p in prompts for _ in range(body.n))]
-    generation = RequestStreams.submit(current_batcher(), model, rows, "/v1/completions", config, current_metrics())
-    first, events = generation.first()
-    reply = dict(id=f"cmpl-{uuid.uuid4().hex[:24]}", object="text_completion", created=int(time.time()),
-                 model=model.name, system_fingerprint=f"{model.name}-v{model.version}")
-    prompt_of = [p for p in prompts for _ in range(body.n)]
-    scanners = [StopScanner(body.stops) for _ in rows]
-    events = itertools.chain([first], events) if first is not None else events
+    generation = RequestStreams.submit(current_batcher(), model, prompt_of, body.max_tokens,
+                                       [sampling.with_seed(base_seed + i) for i in range(len(prompt_of))],
+                                       "/v1/completions", config, current_metrics())
+    pieces = completion_pieces(generation, generation.events(), body, prompt_of)
+    head = Completion(id=f"cmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=model.name,
+                      system_fingerprint=f"{model.name}-v{model.version}", choices=[])
     if body.stream:
-        return event_stream(stream_completion(generation, events, reply, body, prompt_of, scanners), generation)
-
-    texts = [prompt if body.echo else "" for prompt in prompt_of]
-    generated = [0] * len(rows)
-    finish = [None] * len(rows)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return event_stream(completion_events(pieces, head, include_usage), generation)
     try:
-        for event in events:
-            i = event.index
-            if isinstance(event, Failed):
-                raise event.error.as_api_error()
-            if isinstance(event, Chunk):
-                text, stopped = scanners[i].feed(event.text)
-                if stopped:
-                    generation.finish(i)
-                    finish[i] = "stop"
-            else:
-                text = scanners[i].flush()
-                finish[i] = "length"
-            texts[i] += text
-            generated[i] += len(text)
+        return jsonify(completion_reply(pieces, head, len(prompt_of)).model_dump())
     finally:
         generation.cancel()
-    usage = usage_of(prompts, generated)
-    return jsonify(Completion(**reply, usage=usage, choices=[
-        dict(text=t, index=i, logprobs=None, finish_reason=f) for i, (t, f) in enumerate(zip(texts, finish))
-    ]).model_dump())
 
 
-def usage_of(prompts: list[str], generated: list[int]) -> dict:
-    prompt_tokens = sum(len(p) for p in prompts)
-    return dict(prompt_tokens=prompt_tokens, completion_tokens=sum(generated),
-                total_tokens=prompt_tokens + sum(generated))
-
-
-def stream_completion(generation: RequestStreams, events, reply: dict, body: CompletionRequest, prompt_of, scanners):
-    def chunk(index, text, finish_reason=None):
-        return sse({**reply, "choices": [{"text": text, "index": index, "logprobs": None,
-                                          "finish_reason": finish_reason}]})
-
+def completion_pieces(generation: RequestStreams, events: Iterator[Chunk | Done], body: CompletionRequest,
+                      prompt_of: list[str]) -> Iterator[ChoicePiece | Usage]:
+    """The route's one loop over the batcher's events, for the streamed and the plain reply alike: the echoed
+    prompts, then each choice's characters up to its first stop string (a stopped choice's stream ends at
+    once), its finish reason, and last the usage."""
+    scanners = [StopScanner(body.stops) for _ in prompt_of]
     generated = [0] * len(prompt_of)
     if body.echo:
         for i, prompt in enumerate(prompt_of):
-            yield chunk(i, prompt)
+            yield ChoicePiece(i, prompt)
     for event in events:
         i = event.index
-        if isinstance(event, Failed):
-            raise event.error.as_api_error()  # sent as an error event: the headers are out already
         if isinstance(event, Chunk):
             text, stopped = scanners[i].feed(event.text)
-            generated[i] += len(text)
+            finish = "stop" if stopped else None
             if stopped:
                 generation.finish(i)
-                yield chunk(i, text, "stop")
-            elif text:
-                yield chunk(i, text)
-        elif isinstance(event, Done):
-            text = scanners[i].flush()
-            generated[i] += len(text)
-            yield chunk(i, text, "length")
-    if body.stream_options and body.stream_options.include_usage:
-        yield sse({**reply, "choices": [], "usage": usage_of(body.prompts, generated)})
+        else:
+            text, finish = scanners[i].flush(), "length"
+        generated[i] += len(text)
+        if text or finish:
+            yield ChoicePiece(i, text, finish)
+    prompt_tokens = sum(len(p) for p in body.prompts)
+    yield Usage(prompt_tokens=prompt_tokens, completion_tokens=sum(generated),
+                total_tokens=prompt_tokens + sum(generated))
+
+
+def completion_events(pieces: Iterator[ChoicePiece | Usage], head: Completion, include_usage: bool) -> Iterator[str]:
+    """Server-sent events in OpenAI's shape: one per piece (its choice's new characters), the usage if asked."""
+    for piece in pieces:
+        if isinstance(piece, Usage):
+            if include_usage:
+                yield sse(head.model_copy(update={"usage": piece}).model_dump())
+            continue
+        choice = CompletionChoice(text=piece.text, index=piece.index, finish_reason=piece.finish_reason)
+        yield sse(head.model_copy(update={"choices": [choice]}).model_dump(exclude={"usage"}))
     yield sse("[DONE]")
+
+
+def completion_reply(pieces: Iterator[ChoicePiece | Usage], head: Completion, choices: int) -> Completion:
+    """The pieces folded into one reply."""
+    texts, finish, usage = [""] * choices, [None] * choices, None
+    for piece in pieces:
+        if isinstance(piece, Usage):
+            usage = piece
+        else:
+            texts[piece.index] += piece.text
+            finish[piece.index] = piece.finish_reason or finish[piece.index]
+    return head.model_copy(update={"usage": usage, "choices": [
+        CompletionChoice(text=text, index=i, finish_reason=reason)
+        for i, (text, reason) in enumerate(zip(texts, finish))]})

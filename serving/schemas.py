@@ -8,12 +8,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from model_interface.signatures import SamplingSettings, Seed, Temperature, TopK, TopP
 from serving.errors import APIError, bad_request
 
-INT64 = 2 ** 63
-Temperature = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False, description="> 0; 1 is the model's own distribution")]
-TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, description="nucleus sampling mass, in (0, 1]")]
-Seed = Annotated[int, Field(ge=-INT64, lt=INT64, description="the random stream; same seed, same text")]
 State = Annotated[str, Field(description="opaque continuation state returned by an earlier call")]
 ACTIVATION_KINDS = ("tanh_cell", "cell", "hidden", "input_gate", "forget_gate", "cell_candidate", "output_gate")
 
@@ -112,6 +109,11 @@ class CompletionRequest(Request):
                                code="unsupported_parameter")
         return self
 
+    def sampling(self) -> SamplingSettings:
+        """How every choice samples; choice i of the request then draws from seed + i (`with_seed`)."""
+        return SamplingSettings(temperature=self.temperature, top_p=self.top_p,
+                                seed=self.seed if self.seed is not None else 0)
+
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -128,11 +130,16 @@ class GenerateRequest(Request):
     prompt: str = Field("", description="text to consume first; may be empty when `state` is given")
     max_chars: int = Field(200, ge=0, description="characters to generate")
     temperature: Temperature = 1.0
-    top_k: int = Field(0, ge=0, le=1 << 20, description="keep the k likeliest characters; 0 = off")
+    top_k: TopK = 0
     top_p: TopP = 1.0
     seed: Seed | None = Field(None, description="defaults to the seed kept in `state`, else a random one")
     stream: bool = False
     state: State | None = None
+
+    def sampling(self) -> SamplingSettings:
+        """The seed is the route's to settle (this one, else the one kept in `state`, else a random one)."""
+        return SamplingSettings(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                seed=self.seed if self.seed is not None else 0)
 
     @field_validator("prompt")
     @classmethod

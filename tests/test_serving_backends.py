@@ -3,19 +3,21 @@ import threading
 
 import pytest
 
-from serving.backends import Backend, BackendUnavailable, ModelInfo, make_backend, rejection_message
+from model_interface.client import rejection_message
+from model_interface.errors import ModelUnavailable
+from serving.backend import Backend
+from serving.backends import make_backend
 from serving.local_backend import LocalBackend
 from serving.settings import Settings
 from serving.tfserving_backend import TFServingBackend
 from serving_helpers import shared_app, wait_until
 
 
-def test_a_version_describes_itself(exported_model, trained_run):
-    backend = shared_app(exported_model[0]).extensions["charlm.backend"]
-    model = ModelInfo.describe(backend, 1)
-    config, _ = trained_run
-    assert (model.name, model.version, model.num_layers, model.hidden_size, model.cell) == ("charlm", 1, 1, 32, "lstm")
-    assert model.state_size == 2 * 32 + 1 and len(model.vocab) == len(set(model.vocab)) > 30
+def test_a_version_describes_itself(exported_model):
+    model = shared_app(exported_model[0]).extensions["charlm.backend"].model()
+    meta = model.metadata  # what the version answers through its own `metadata` signature
+    assert (model.name, model.version, meta.num_layers, meta.hidden_size, meta.cell) == ("charlm", 1, 1, 32, "lstm")
+    assert model.state_size == 2 * 32 + 1 and len(meta.vocab) == len(set(meta.vocab)) > 30
     assert model.created > 1_600_000_000
     assert model.unknown_chars("ROMEO: \u00e9\u00e9 \u2603") == ["\u00e9", "\u2603"]
 
@@ -31,7 +33,7 @@ def test_rejection_message_keeps_the_models_words():
 def test_make_backend_by_setting(tmp_path):
     assert isinstance(make_backend(Settings(model_dir=tmp_path)), LocalBackend)
     assert isinstance(make_backend(Settings(backend="tfserving")), TFServingBackend)
-    with pytest.raises(BackendUnavailable, match="no model version"):
+    with pytest.raises(ModelUnavailable, match="no model version"):
         make_backend(Settings(model_dir=tmp_path)).model()
 
 

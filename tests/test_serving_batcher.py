@@ -5,8 +5,10 @@ import threading
 import numpy as np
 import pytest
 
-from serving.backends import BackendUnavailable
-from serving.batcher import Batcher, Chunk, Done, Failed, Stream, TooManyStreams
+from model_interface.errors import ModelUnavailable
+from model_interface.signatures import SamplingSettings
+from serving.batcher import Batcher, Chunk, Done, Failed, Stream
+from serving.errors import TooManyStreams
 from serving.metrics import Metrics
 from serving.settings import Settings
 from serving_helpers import shared_app, wait_until
@@ -26,7 +28,7 @@ class RecordingBackend:
                            "prompt_lengths": [len(p) for p in inputs["prompt"]],
                            "state_shape": inputs["state"].shape})
         if self.fail:
-            raise BackendUnavailable("TF Serving is down (test)")
+            raise ModelUnavailable("TF Serving is down (test)")
         return self.backend.call(signature, version, inputs, outputs)
 
 
@@ -41,7 +43,7 @@ STATE_SIZE = 65  # the session's tiny model: 1 layer x (h, c) x 32 units + the p
 def test_fresh_rows_get_full_width_zero_states(local):
     """TF Serving's batching stacks calls from many gateways: every call must send the full state width."""
     batcher, backend = make_batcher(local)
-    _, sink = submit(batcher, dict(prompt="ROMEO:", remaining=10, seed=1), dict(prompt="", remaining=10, seed=2))
+    _, sink = submit(batcher, row(prompt="ROMEO:", remaining=10, seed=1), row(prompt="", remaining=10, seed=2))
     collect(sink, 2)
     assert backend.calls and all(call["state_shape"][1] == STATE_SIZE for call in backend.calls)
 
@@ -51,12 +53,16 @@ def make_batcher(local, **settings):
     return Batcher(backend, Settings(model_dir="unused", **settings), Metrics()), backend
 
 
+def row(remaining, seed, prompt="", state=None, temperature=1.0, top_k=0):
+    """One stream to submit: (prompt, state, characters to generate, how it samples)."""
+    return prompt, state, remaining, SamplingSettings(temperature=temperature, top_k=top_k, seed=seed)
+
+
 def submit(batcher, *rows):
     sink = queue.SimpleQueue()
-    streams = [Stream(index=i, sink=sink, version=1, state_size=STATE_SIZE, **{"prompt": "", "state": None,
-                                                                               "temperature": 1.0,
-                                                          "top_k": 0, "top_p": 1.0, **row})
-               for i, row in enumerate(rows)]
+    streams = [Stream(index=i, prompt=prompt, state=state, remaining=remaining, sampling=sampling, version=1,
+                      state_size=STATE_SIZE, sink=sink)
+               for i, (prompt, state, remaining, sampling) in enumerate(rows)]
     batcher.submit(streams)
     return streams, sink
 
@@ -74,7 +80,7 @@ def collect(sink, n_streams, timeout=60):
 
 def test_chunks_start_small_and_double(local):
     batcher, backend = make_batcher(local, first_chunk=4, max_chunk=32)
-    _, sink = submit(batcher, dict(prompt="ROMEO:", remaining=100, seed=1))
+    _, sink = submit(batcher, row(prompt="ROMEO:", remaining=100, seed=1))
     texts, ends = collect(sink, 1)
     assert len(texts[0]) == 100 and isinstance(ends[0], Done) and ends[0].state.shape == (65,)
     assert [c["num_chars"][0] for c in backend.calls] == [4, 8, 16, 32, 32, 8]
@@ -83,17 +89,17 @@ def test_chunks_start_small_and_double(local):
 
 def test_seeded_text_is_the_same_alone_batched_and_joining_late(local):
     alone_batcher, _ = make_batcher(local)
-    _, sink = submit(alone_batcher, dict(prompt="JULIET:\n", remaining=300, seed=77, temperature=0.7))
+    _, sink = submit(alone_batcher, row(prompt="JULIET:\n", remaining=300, seed=77, temperature=0.7))
     alone = collect(sink, 1)[0][0]
 
     batcher, backend = make_batcher(local, first_chunk=2, max_chunk=16)
-    others = [dict(prompt=p, remaining=n, seed=s, top_k=k) for p, n, s, k in
+    others = [row(prompt=p, remaining=n, seed=s, top_k=k) for p, n, s, k in
               [("A", 50, 1, 0), ("KING:", 400, 2, 3), ("", 10, 3, 0)]]
-    streams, sink = submit(batcher, dict(prompt="JULIET:\n", remaining=300, seed=77, temperature=0.7), *others)
+    streams, sink = submit(batcher, row(prompt="JULIET:\n", remaining=300, seed=77, temperature=0.7), *others)
     # A stream that arrives mid-flight joins at the next call.
     first = sink.get(timeout=30)
     assert isinstance(first, Chunk)
-    _, late_sink = submit(batcher, dict(prompt="Nurse:", remaining=40, seed=78))
+    _, late_sink = submit(batcher, row(prompt="Nurse:", remaining=40, seed=78))
     late_text = collect(late_sink, 1)[0][0]
     texts = collect(sink, 4)[0]
     # The first event was already taken off the queue: put it back in front of its stream's text.
@@ -109,10 +115,10 @@ def test_seeded_text_is_the_same_alone_batched_and_joining_late(local):
 def test_long_prompts_are_fed_in_pieces(local):
     prompt = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3
     whole_batcher, _ = make_batcher(local)
-    _, sink = submit(whole_batcher, dict(prompt=prompt, remaining=60, seed=5))
+    _, sink = submit(whole_batcher, row(prompt=prompt, remaining=60, seed=5))
     whole = collect(sink, 1)[0][0]
     batcher, backend = make_batcher(local, prompt_chunk=50)
-    _, sink = submit(batcher, dict(prompt=prompt, remaining=60, seed=5))
+    _, sink = submit(batcher, row(prompt=prompt, remaining=60, seed=5))
     assert collect(sink, 1)[0][0] == whole
     assert [c["prompt_lengths"][0] for c in backend.calls[:4]] == [50, 50, 50, len(prompt) - 150]
     assert [c["num_chars"][0] for c in backend.calls[:4]] == [0, 0, 0, 4]
@@ -120,7 +126,7 @@ def test_long_prompts_are_fed_in_pieces(local):
 
 def test_cancelled_streams_are_dropped_before_the_next_call(local):
     batcher, backend = make_batcher(local, first_chunk=1, max_chunk=1)
-    streams, sink = submit(batcher, dict(prompt="A", remaining=5000, seed=1), dict(prompt="B", remaining=30, seed=2))
+    streams, sink = submit(batcher, row(prompt="A", remaining=5000, seed=1), row(prompt="B", remaining=30, seed=2))
     assert isinstance(sink.get(timeout=30), Chunk)
     backend.gate.clear()  # hold the next call while the client goes away
     streams[0].cancelled = True
@@ -136,32 +142,32 @@ def test_cancelled_streams_are_dropped_before_the_next_call(local):
 def test_too_many_streams_are_refused(local):
     batcher, backend = make_batcher(local, max_streams=3)
     backend.gate.clear()
-    streams, _ = submit(batcher, *[dict(remaining=10, seed=i) for i in range(3)])
+    streams, _ = submit(batcher, *[row(remaining=10, seed=i) for i in range(3)])
     with pytest.raises(TooManyStreams):
-        submit(batcher, dict(remaining=10, seed=9))
+        submit(batcher, row(remaining=10, seed=9))
     for stream in streams:
         stream.cancelled = True
     backend.gate.set()
     assert wait_until(lambda: batcher.count() == 0)
-    _, sink = submit(batcher, dict(remaining=10, seed=9))
+    _, sink = submit(batcher, row(remaining=10, seed=9))
     assert isinstance(collect(sink, 1)[1][0], Done)
 
 
 def test_a_failed_call_fails_its_streams_and_the_batcher_goes_on(local):
     batcher, backend = make_batcher(local)
     backend.fail = True
-    _, sink = submit(batcher, dict(remaining=10, seed=1), dict(remaining=10, seed=2))
+    _, sink = submit(batcher, row(remaining=10, seed=1), row(remaining=10, seed=2))
     _, ends = collect(sink, 2)
     assert all(isinstance(e, Failed) and "down" in str(e.error) for e in ends.values())
     assert wait_until(lambda: batcher.count() == 0)
     backend.fail = False
-    _, sink = submit(batcher, dict(remaining=10, seed=1))
+    _, sink = submit(batcher, row(remaining=10, seed=1))
     assert len(collect(sink, 1)[0][0]) == 10
 
 
 def test_more_streams_than_one_call_takes_take_turns(local):
     batcher, backend = make_batcher(local, max_batch=2, first_chunk=8, max_chunk=8)
-    _, sink = submit(batcher, *[dict(prompt="A", remaining=24, seed=i) for i in range(5)])
+    _, sink = submit(batcher, *[row(prompt="A", remaining=24, seed=i) for i in range(5)])
     texts, _ = collect(sink, 5)
     assert [len(texts[i]) for i in range(5)] == [24] * 5
     assert max(len(c["seeds"]) for c in backend.calls) == 2
@@ -169,10 +175,10 @@ def test_more_streams_than_one_call_takes_take_turns(local):
 
 def test_a_state_continues_exactly(local):
     batcher, _ = make_batcher(local)
-    _, sink = submit(batcher, dict(prompt="ROMEO:", remaining=120, seed=3))
+    _, sink = submit(batcher, row(prompt="ROMEO:", remaining=120, seed=3))
     whole = collect(sink, 1)[0][0]
-    _, sink = submit(batcher, dict(prompt="ROMEO:", remaining=50, seed=3))
+    _, sink = submit(batcher, row(prompt="ROMEO:", remaining=50, seed=3))
     texts, ends = collect(sink, 1)
-    _, sink = submit(batcher, dict(prompt="", state=ends[0].state, remaining=70, seed=3))
+    _, sink = submit(batcher, row(prompt="", state=ends[0].state, remaining=70, seed=3))
     assert texts[0] + collect(sink, 1)[0][0] == whole
     assert np.isclose(ends[0].state[-1], 56)  # the position: 6 prompt characters + 50 generated

@@ -1,8 +1,22 @@
 """Whatever goes wrong, the client gets OpenAI's error envelope: never an HTML page, a traceback or a bare 500."""
 import pytest
 
+from model_interface.errors import DeadlineExceeded, InputRejected, MetadataError, ModelUnavailable, VersionNotFound
 from serving.app import create_app
+from serving.errors import GenerationStalled, TooManyStreams, UnknownModel
 from serving_helpers import assert_error
+
+# What each typed failure is told as: status, `code`, `type`.
+TYPED = {
+    "unavailable": (ModelUnavailable("TF Serving at x:8500: UNAVAILABLE"), 503, "backend_unavailable", "server_error"),
+    "version": (VersionNotFound("charlm version 3 is no longer loaded"), 503, "version_unloaded", "server_error"),
+    "deadline": (DeadlineExceeded("no answer within 1 s"), 504, "backend_timeout", "server_error"),
+    "rejected": (InputRejected("temperature must be > 0"), 400, "invalid_value", "invalid_request_error"),
+    "metadata": (MetadataError("charlm.json: cell: missing"), 503, "backend_unavailable", "server_error"),
+    "model": (UnknownModel("the model 'gpt-4' does not exist"), 404, "model_not_found", "invalid_request_error"),
+    "streams": (TooManyStreams("64 streams are running", 7), 429, "too_many_streams", "rate_limit_error"),
+    "stalled": (GenerationStalled("no output for 120 s"), 504, "generation_stalled", "server_error"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +28,23 @@ def app(tmp_path_factory):
     def boom():
         raise RuntimeError("secret internals")
 
+    @app.get("/typed/<name>")
+    def typed(name):
+        raise TYPED[name][0]
+
     return app
+
+
+@pytest.mark.parametrize("name", sorted(TYPED))
+def test_typed_failures_get_their_status_and_code(app, name):
+    failure, status, code, kind = TYPED[name]
+    response = app.test_client().get(f"/typed/{name}")
+    error = assert_error(response, status, code=code)
+    assert error["type"] == kind and str(failure) in error["message"]
+    if name == "model":
+        assert error["param"] == "model"
+    if name == "streams":
+        assert response.headers["Retry-After"] == "7"
 
 
 def test_unknown_route_is_404(app):

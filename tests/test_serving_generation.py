@@ -1,7 +1,9 @@
 """Stop strings, server-sent events and the vocabulary check shared by the generating routes."""
 import pytest
 
-from serving.backends import ModelInfo
+from model_interface.metadata import ModelMetadata
+from model_interface.signatures import SIGNATURES
+from serving.backend import ServedModel
 from serving.errors import APIError
 from serving.generation import StopScanner, check_vocabulary, sse
 
@@ -41,8 +43,9 @@ def test_sse_framing():
 
 
 def test_vocabulary_check_names_the_characters():
-    model = ModelInfo(name="m", version=1, vocab=tuple("abc \n"), state_size=3, num_layers=1, hidden_size=1,
-                      cell="lstm", created=0, info={})
+    metadata = ModelMetadata(model_name="m", vocab=tuple("abc \n"), cell="lstm", num_layers=1, hidden_size=1,
+                             embedding_size=1, state_size=3, max_chars_per_call=4096, signatures=SIGNATURES)
+    model = ServedModel(name="m", version=1, metadata=metadata)
     check_vocabulary(model, "a cab\n", "prompt")
     with pytest.raises(APIError) as raised:
         check_vocabulary(model, "abXcYX", "prompt")

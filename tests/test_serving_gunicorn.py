@@ -1,16 +1,14 @@
 """End to end: gunicorn (serving/gunicorn.conf.py, gthread) serving the session's tiny model on 127.0.0.1,
 driven by the official `openai` client and by a raw socket that hangs up mid-stream. Spawned once."""
-import os
 import runpy
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import requests
 
+from serving.launch import GunicornGateway
 from serving_helpers import metric_value, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,60 +33,21 @@ def test_configuration(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())  # a previous run's values are wiped at start
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gateway(exported_model, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = {**os.environ, "CHARLM_MODEL_DIR": str(exported_model[0]), "CHARLM_API_KEYS": API_KEY,
-           "CHARLM_MAX_STREAMS": "8", "CHARLM_FIRST_CHUNK": "4", "CHARLM_MAX_CHUNK": "8",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-             "serving.app:create_app()"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)  # its own process group: the workers can be ended with it
-    url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert process.poll() is None, f"gunicorn exited:\n{log.read_text()}"
-        try:
-            return requests.get(url + "/readyz", timeout=5).status_code == 200
-        except requests.RequestException:  # refused while binding, or no answer while the worker loads
-            return False
-
-    try:
-        assert wait_until(ready, timeout=180, interval=0.25), log.read_text()
-        yield process, url, log
-    finally:  # also when start-up failed: never leave a server (or an orphaned worker) behind
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+    env = {"CHARLM_API_KEYS": API_KEY, "CHARLM_MAX_STREAMS": "8", "CHARLM_FIRST_CHUNK": "4",
+           "CHARLM_MAX_CHUNK": "8", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # Stopped also when start-up fails: never a server (or an orphaned worker) left behind.
+    with GunicornGateway(exported_model[0], log, env, ready_timeout_s=180) as gateway:
+        yield gateway
 
 
 @pytest.fixture
 def client(gateway):
     from openai import OpenAI
 
-    return OpenAI(base_url=gateway[1] + "/v1", api_key=API_KEY, max_retries=0)
+    return OpenAI(base_url=gateway.url + "/v1", api_key=API_KEY, max_retries=0)
 
 
 @pytest.mark.slow
@@ -117,7 +76,7 @@ def test_openai_client_sees_errors(client, gateway):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-4", prompt="A")
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=gateway[1] + "/v1", api_key="wrong", max_retries=0).models.list()
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key="wrong", max_retries=0).models.list()
 
 
 def metrics(url) -> str:
@@ -126,10 +85,10 @@ def metrics(url) -> str:
 
 @pytest.mark.slow
 def test_hanging_up_mid_stream_stops_the_generation(gateway):
-    _, url, _ = gateway
+    url = gateway.url
     before = metric_value(metrics(url), "charlm_cancelled_streams_total") or 0
     body = b'{"model": "charlm", "prompt": "A", "max_tokens": 8192, "stream": true}'
-    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                   b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
@@ -147,7 +106,7 @@ def test_hanging_up_mid_stream_stops_the_generation(gateway):
 @pytest.mark.slow
 def test_sigterm_lets_a_running_stream_finish(gateway):
     """Last in this module: it stops the server. graceful_timeout gives streams in flight time to end."""
-    process, url, log = gateway
+    process, url = gateway.process, gateway.url
     response = requests.post(url + "/v1/completions", json={"model": "charlm", "prompt": "A", "max_tokens": 1000,
                                                             "stream": True, "seed": 1},
                              headers={"Authorization": f"Bearer {API_KEY}"}, stream=True, timeout=60)
@@ -156,4 +115,4 @@ def test_sigterm_lets_a_running_stream_finish(gateway):
     process.send_signal(signal.SIGTERM)
     rest = [line for line in lines if line]
     assert rest[-1] == b"data: [DONE]"
-    assert process.wait(timeout=60) == 0, log.read_text()
+    assert process.wait(timeout=60) == 0, gateway.log.read_text()

@@ -5,9 +5,11 @@ import threading
 
 import pytest
 
+from model_interface.errors import VersionNotFound
+from model_interface.signatures import metadata_inputs
 from serving.app import create_app
-from serving.backends import METADATA_REQUEST, VersionGone
-from serving.local_backend import complete_versions
+from serving.local_backend import LocalBackend
+from serving.settings import Settings
 from serving_helpers import assert_error, sse_payloads, wait_until
 
 
@@ -16,8 +18,8 @@ def test_complete_versions(tmp_path):
         (tmp_path / name).mkdir()
         if complete:
             (tmp_path / name / "saved_model.pb").write_bytes(b"")
-    assert complete_versions(tmp_path) == [1, 10]
-    assert complete_versions(tmp_path / "missing") == []
+    assert LocalBackend(Settings(model_dir=tmp_path)).versions() == [1, 10]
+    assert LocalBackend(Settings(model_dir=tmp_path / "missing")).versions() == []
 
 
 def add_version(model_dir, source, version):
@@ -82,6 +84,6 @@ def test_newer_versions_are_served_without_a_restart(model_dir, exported_model):
     add_version(model_dir, exported_model[1], 4)
     backend.refresh()
     assert backend.model().version == 4
-    backend.call("metadata", 2, METADATA_REQUEST)
-    with pytest.raises(VersionGone):
-        backend.call("metadata", 1, METADATA_REQUEST)
+    backend.call("metadata", 2, metadata_inputs())
+    with pytest.raises(VersionNotFound):
+        backend.call("metadata", 1, metadata_inputs())

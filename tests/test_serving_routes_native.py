@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from serving import state_token
 from serving_helpers import assert_error, shared_app, sse_payloads
@@ -76,10 +75,10 @@ def test_generate_prompt_outside_vocabulary(client):
     assert "'\u00e9'" in error["message"]
 
 
-def test_score_matches_the_signature(client, loaded_model, corpus_slice):
+def test_score_matches_the_signature(client, model_client, corpus_slice):
     text = corpus_slice.read_text()[1000:1300]
     reply = client.post("/v1/score", json={"text": text, "per_char": True}).get_json()
-    direct = loaded_model.signatures["score"](text=tf.constant([text]), state=tf.zeros([1, 0]))
+    direct = model_client.score([text])
     assert reply["characters"] == 300
     assert reply["bits_per_char"] == pytest.approx(float(direct["bits_per_char"][0]), rel=1e-5)
     assert len(reply["log2_probs"]) == 300
@@ -100,16 +99,16 @@ def test_score_bad_input(client):
     assert_error(client.post("/v1/score", json={"text": "ab", "per_char": "yes"}), 400, "per_char")
 
 
-def test_activations_of_one_layer(client, loaded_model):
+def test_activations_of_one_layer(client, model_client):
     text = "To be, or not to be"
     reply = client.post("/v1/activations", json={"text": text}).get_json()
     assert reply["chars"] == list(text) and reply["layer"] == 0 and reply["kind"] == "tanh_cell"
     values = np.array(reply["values"])
     assert values.shape == (len(text), 32)
-    direct = loaded_model.signatures["activations"](text=tf.constant([text]), state=tf.zeros([1, 0]))
-    assert np.allclose(values, np.tanh(direct["cell"][0, :, 0].numpy()), atol=1e-4)
+    direct = model_client.activations([text])
+    assert np.allclose(values, np.tanh(direct["cell"][0, :, 0]), atol=1e-4)
     gate = np.array(client.post("/v1/activations", json={"text": text, "kind": "forget_gate"}).get_json()["values"])
-    assert np.allclose(gate, direct["forget_gate"][0, :, 0].numpy(), atol=1e-4) and (gate >= 0).all() and (gate <= 1).all()
+    assert np.allclose(gate, direct["forget_gate"][0, :, 0], atol=1e-4) and (gate >= 0).all() and (gate <= 1).all()
 
 
 def test_activations_bad_input(client):

@@ -3,6 +3,8 @@ import threading
 
 import pytest
 
+from model_interface.errors import ModelUnavailable
+from model_interface.signatures import SamplingSettings
 from serving.app import create_app
 from serving_helpers import assert_error, metric_value, shared_app, sse_payloads, wait_until
 
@@ -21,7 +23,7 @@ def complete(client, **body):
     return client.post("/v1/completions", json={"model": "charlm", **body})
 
 
-def test_completion_is_openai_shaped_and_seeded(client, loaded_model):
+def test_completion_is_openai_shaped_and_seeded(client, model_client):
     reply = complete(client, prompt="ROMEO:\n", max_tokens=60, seed=7, temperature=0.8).get_json()
     assert reply["object"] == "text_completion" and reply["model"] == "charlm" and reply["id"].startswith("cmpl-")
     (choice,) = reply["choices"]
@@ -30,12 +32,7 @@ def test_completion_is_openai_shaped_and_seeded(client, loaded_model):
     again = complete(client, prompt="ROMEO:\n", max_tokens=60, seed=7, temperature=0.8).get_json()
     assert again["choices"][0]["text"] == choice["text"]
     # The same text the exported signature gives in one call: the gateway's chunking changes nothing.
-    import tensorflow as tf
-
-    direct = loaded_model.signatures["generate"](
-        prompt=tf.constant(["ROMEO:\n"]), state=tf.zeros([1, 0]), num_chars=tf.constant([60]),
-        temperature=tf.constant([0.8]), top_k=tf.constant([0]), top_p=tf.constant([1.0]),
-        seed=tf.constant([7], tf.int64))["text"][0].numpy().decode()
+    direct = model_client.generate(["ROMEO:\n"], 60, SamplingSettings(temperature=0.8, seed=7))["text"][0]
     assert choice["text"] == direct
 
 
@@ -236,9 +233,7 @@ class FailAfterFirstCall:
     def call(self, *args, **kwargs):
         self.calls += 1
         if self.calls > 1:
-            from serving.backends import BackendUnavailable
-
-            raise BackendUnavailable("TF Serving at tf-serving:8500: UNAVAILABLE (test)")
+            raise ModelUnavailable("TF Serving at tf-serving:8500: UNAVAILABLE (test)")
         return self.backend.call(*args, **kwargs)
 
 

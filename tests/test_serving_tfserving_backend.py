@@ -4,9 +4,10 @@ restart of the server, the deadline."""
 import numpy as np
 import pytest
 
+from model_interface.errors import InputRejected, VersionNotFound
+from model_interface.signatures import SamplingSettings, fresh_states, generate_inputs
 from tfserving_standins import SavedModelPredictionService, serve
 from serving.app import create_app
-from serving.backends import BackendRejected, VersionGone
 from serving.settings import Settings
 from serving.tfserving_backend import TFServingBackend
 from serving_helpers import assert_error, wait_until
@@ -35,19 +36,11 @@ def client(app):
     return app.test_client()
 
 
-def direct_text(loaded_model, prompt, n, seed):
-    import tensorflow as tf
-
-    return loaded_model.signatures["generate"](
-        prompt=tf.constant([prompt]), state=tf.zeros([1, 0]), num_chars=tf.constant([n]),
-        temperature=tf.constant([1.0]), top_k=tf.constant([0]), top_p=tf.constant([1.0]),
-        seed=tf.constant([seed], tf.int64))["text"][0].numpy().decode()
-
-
-def test_generation_through_tfserving_is_the_same_text(client, loaded_model, service):
+def test_generation_through_tfserving_is_the_same_text(client, model_client, service):
     reply = client.post("/v1/completions", json={"model": "charlm", "prompt": "ROMEO:\n", "max_tokens": 150,
                                                  "seed": 9}).get_json()
-    assert reply["choices"][0]["text"] == direct_text(loaded_model, "ROMEO:\n", 150, 9)
+    direct = model_client.generate(["ROMEO:\n"], 150, SamplingSettings(seed=9))["text"][0]  # in-process, one call
+    assert reply["choices"][0]["text"] == direct
     generate = [r for r in service.requests if r.model_spec.signature_name == "generate"]
     assert len(generate) > 1  # several chunks, each a Predict carrying the state
     spec = generate[-1].model_spec
@@ -76,14 +69,13 @@ def test_models_readyz_score_activations(client, service):
 
 def test_errors_are_translated(server):
     backend = TFServingBackend(Settings(backend="tfserving", tfserving_address=f"127.0.0.1:{server[1]}"))
-    assert backend._channel is None  # nothing opened until the first call (after gunicorn's fork)
-    inputs = {"prompt": np.array(["A"], object), "state": np.zeros([1, 0], np.float32),
-              "num_chars": np.array([3], np.int32), "temperature": np.array([-1.0], np.float32),
-              "top_k": np.zeros([1], np.int32), "top_p": np.ones([1], np.float32), "seed": np.zeros([1], np.int64)}
-    with pytest.raises(BackendRejected, match="temperature must be > 0"):
-        backend.call("generate", 1, inputs)
-    with pytest.raises(VersionGone):
-        backend.call("generate", 99, {**inputs, "temperature": np.ones([1], np.float32)})
+    assert backend.transport._channel is None  # nothing opened until the first call (after gunicorn's fork)
+    # model_construct skips SamplingSettings' own check, so the model's check is what answers.
+    too_cold = SamplingSettings.model_construct(temperature=-1.0)
+    with pytest.raises(InputRejected, match="temperature must be > 0"):
+        backend.call("generate", 1, generate_inputs(["A"], fresh_states(1), [3], [too_cold]))
+    with pytest.raises(VersionNotFound):
+        backend.call("generate", 99, generate_inputs(["A"], fresh_states(1), [3], [SamplingSettings()]))
     backend.close()
 
 
