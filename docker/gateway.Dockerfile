@@ -21,6 +21,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY serving/ serving/
 COPY analysis/ analysis/
+COPY model_interface/ model_interface/
 # Bytecode now: the container's root filesystem is read-only (k8s/), so Python could not cache it later.
 RUN /opt/venv/bin/python -m compileall -q serving analysis
 # PORT makes gunicorn bind 0.0.0.0:$PORT (serving/gunicorn.conf.py). HOME=/tmp: a writable home when /tmp is

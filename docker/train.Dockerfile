@@ -20,6 +20,7 @@ RUN groupadd --system --gid 10001 charlm \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY training/ training/
+COPY model_interface/ model_interface/
 RUN /opt/venv/bin/python -m compileall -q training
 # PYTHONPATH: `python -m training.train` works from any working directory (the Jobs run in the runs volume,
 # where relative paths such as data/ and runs/ land).

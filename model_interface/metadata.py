@@ -44,6 +44,9 @@ class ModelMetadata(BaseModel):
     val_bpc: float | None = None
     config: dict = Field(default_factory=dict)  # the training config, as training wrote it
     source: Source = Field(default_factory=Source)
+    # The chat template (Jinja2, model_interface.chat) and the strings that end a reply; None: no chat.
+    chat_template: str | None = None
+    chat_stop: tuple[str, ...] = ()
     created: str = ""  # UTC, CREATED_FORMAT
     tensorflow: str = ""
 

@@ -9,6 +9,11 @@ import os as _os
 import shutil as _shutil
 import tempfile as _tempfile
 
+# TensorFlow's C++ log at FATAL only, as the Makefile sets it for `make serve`: without a GPU, TensorFlow logs
+# "failed call to cuInit" (E0000) at its first tensor. Set in the master, so every worker has it before it imports
+# TensorFlow; a value in the environment wins. Python's exceptions and the gateway's own log are unaffected.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 # Threads, not processes, hold the streams: a stream is a thread waiting on the batcher, and one worker
 # batches all of its streams into one model call. More workers multiply memory (a model copy each) and split
 # the batch; on a small machine one worker uses every core through TensorFlow's own threads.

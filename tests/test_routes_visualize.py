@@ -1,6 +1,6 @@
-"""The /visualize page: its routes, and the page itself in headless Chromium against the real gateway."""
+"""The /visualize page: its routes, and the page itself in headless Chromium (tests/browser.py) against the real
+gateway."""
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flask import Flask
 
+import browser as chromium
 from analysis.features import feature_tracks
 from serving.routes_visualize import MAX_FEATURE_CHARS, bp
 
@@ -53,8 +54,10 @@ def test_bad_feature_requests_get_a_400_in_openai_envelope(client, body, param):
 
 
 # --- in the browser --------------------------------------------------------------------------------------------
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+@pytest.fixture(scope="module")
+def headless_chromium():
+    chromium.require_browser()  # fails, never skips; before the gateway fixture loads a model for nothing
+    return chromium.CHROMIUM
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +88,14 @@ def gateway(exported_model):
 
 def browse(url: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
     # Virtual time runs the page's fetches to completion before the screenshot or the DOM dump.
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1000", "--virtual-time-budget=60000",
-               *args, url]
+    command = [str(chromium.CHROMIUM), *chromium.flags(tmp_path / "profile", "1000,1000"), "--hide-scrollbars",
+               "--virtual-time-budget=60000", *args, url]
     return subprocess.run(command, capture_output=True, text=True, timeout=180)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(chromium() is None, reason="no Chromium: apt-get install -y chromium")
-def test_page_colours_the_text_by_a_cell_and_jumps_to_a_features_best_cell(gateway, loaded_model, corpus_slice,
-                                                                           tmp_path):
+def test_page_colours_the_text_by_a_cell_and_jumps_to_a_features_best_cell(headless_chromium, gateway, loaded_model,
+                                                                           corpus_slice, tmp_path):
     from PIL import Image
 
     text = corpus_slice.read_text(encoding="utf-8")[:400]

@@ -1,16 +1,14 @@
 """The playground at /: served as a page, and used for real in headless Chromium (Debian's `chromium` and
-`chromium-driver`, installed by .ci/run): type a prompt, pick temperature and length, generate, and see the
-streamed text on screen."""
+`chromium-driver`, which `make test` installs; tests/browser.py): type a prompt, pick temperature and length,
+generate, and see the streamed text on screen."""
 import io
 import threading
-from pathlib import Path
 
 import pytest
 from werkzeug.serving import make_server
 
+import browser as chromium
 from serving_helpers import shared_app
-
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 def test_page_has_the_controls(exported_model):
@@ -34,22 +32,17 @@ def server(exported_model):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    # Fail, never skip: CI installs Chromium (.ci/run), so its absence is a broken setup.
-    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), \
-        "headless Chromium is needed: apt-get install -y chromium chromium-driver"
+    chromium.require_browser()  # fails, never skips
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-                 "--window-size=1100,1000"):
+    options.binary_location = str(chromium.CHROMIUM)
+    for flag in chromium.flags(tmp_path_factory.mktemp("chromium"), "1100,1000"):
         options.add_argument(flag)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SE_OFFLINE", "true")  # Selenium must use these binaries, never fetch its own
-        driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=str(chromium.CHROMEDRIVER)))
     yield driver
     driver.quit()
 
