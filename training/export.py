@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from model_interface import signatures, versions
+from model_interface.chat import LAYOUTS, ChatTemplate, ChatTemplateError, layout_of
 from model_interface.errors import MetadataError
 from model_interface.metadata import CREATED_FORMAT, ModelMetadata
 
@@ -48,8 +49,36 @@ def write_warmup(path: Path, model_name: str) -> None:
             writer.write(log.SerializeToString())
 
 
+def chat_template(choice: str, vocab, corpus_path: Path | None = None, stop: tuple[str, ...] = ()) -> ChatTemplate | None:
+    """The version's chat template: `auto` (the corpus's own layout when the corpus is at hand, else plain; none if
+    even plain needs characters the vocabulary lacks), a layout name (play, plain) or a Jinja2 file. A template
+    whose own characters the vocabulary lacks is refused here, not at request time."""
+    if choice == "auto":
+        layout = layout_of(corpus_path.read_text(encoding="utf-8")) if corpus_path and corpus_path.is_file() else "plain"
+        for name in dict.fromkeys([layout, "plain"]):
+            try:
+                template = ChatTemplate.layout(name)
+                template.check_vocabulary(vocab.chars)
+                return template
+            except ChatTemplateError:
+                continue
+        return None
+    if choice in LAYOUTS:
+        template = ChatTemplate.layout(choice)
+    else:
+        try:
+            template = ChatTemplate(Path(choice).read_text(encoding="utf-8"), tuple(stop))
+        except OSError as e:
+            raise ExportError(f"--chat-template {choice}: cannot be read ({e.strerror or e})") from None
+    try:
+        template.check_vocabulary(vocab.chars)
+    except ChatTemplateError as e:
+        raise ExportError(f"--chat-template {choice}: {e}") from None
+    return template
+
+
 def model_metadata(model_name: str, vocab, config, source: dict, val_loss: float | None = None,
-                   corpus: dict | None = None) -> ModelMetadata:
+                   corpus: dict | None = None, chat: ChatTemplate | None = None) -> ModelMetadata:
     import tensorflow as tf
 
     return ModelMetadata(
@@ -61,6 +90,7 @@ def model_metadata(model_name: str, vocab, config, source: dict, val_loss: float
         corpus_chars=(corpus or {}).get("chars"), val_loss=val_loss,
         val_bpc=val_loss / float(np.log(2)) if val_loss is not None else None,
         config=dataclasses.asdict(config), source=source,
+        chat_template=chat.source if chat else None, chat_stop=chat.stop if chat else (),
         created=time.strftime(CREATED_FORMAT, time.gmtime()), tensorflow=tf.__version__)
 
 
@@ -71,7 +101,8 @@ def publish_model(model, vocab, config, export_dir: Path, model_name: str, metad
 
     from training.graph import CharLMGraph, ModelShape
 
-    metadata = metadata or model_metadata(model_name, vocab, config, {"checkpoint": "untrained"})
+    metadata = metadata or model_metadata(model_name, vocab, config, {"checkpoint": "untrained"},
+                                          chat=chat_template("auto", vocab))
     module = CharLMGraph(ModelShape.of(model), vocab.chars, metadata.to_json())
     module.assign_weights(model)
 
@@ -99,7 +130,8 @@ def export_untrained(config, chars, export_dir: Path, model_name: str = "charlm"
 
 
 def export_version(run_dir: Path, export_dir: Path = Path("exported_models"), model_name: str = "charlm",
-                   checkpoint: str = "best", if_changed: bool = False) -> Path:
+                   checkpoint: str = "best", if_changed: bool = False, chat: str = "auto",
+                   chat_stop: tuple[str, ...] = ()) -> Path:
     """Export the run's checkpoint as the next version; returns the version directory."""
     from training.config import TrainConfig
     from training.corpus import Vocab
@@ -125,7 +157,14 @@ def export_version(run_dir: Path, export_dir: Path = Path("exported_models"), mo
             return newest
 
     model = CharRNN(len(vocab), config)
-    model.load_weights(weights)
+    from training.checkpoints import CheckpointError, load_weights
+
+    try:
+        load_weights(model, weights)  # checked whole (and against its sha256) before Keras reads it
+    except CheckpointError as e:
+        other = "last" if checkpoint == "best" else "best"
+        raise ExportError(f"{e}. Nothing was exported; export the run's other checkpoint (--checkpoint {other}) "
+                          f"if it has one, or train again") from None
     corpus = json.loads((run_dir / "corpus.json").read_text()) if (run_dir / "corpus.json").exists() else {}
     val_loss = None
     if (run_dir / "history.csv").exists():
@@ -134,7 +173,9 @@ def export_version(run_dir: Path, export_dir: Path = Path("exported_models"), mo
         losses = [float(r["val_loss"]) for r in csv.DictReader(open(run_dir / "history.csv"))]
         val_loss = min(losses) if checkpoint == "best" and losses else (losses[-1] if losses else None)
     source = {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint, "weights_sha256": weights_sha256}
-    metadata = model_metadata(model_name, vocab, config, source, val_loss, corpus)
+    corpus_path = Path(corpus["path"]) if corpus.get("path") else None
+    template = chat_template(chat, vocab, corpus_path, chat_stop)
+    metadata = model_metadata(model_name, vocab, config, source, val_loss, corpus, template)
     return publish_model(model, vocab, config, export_dir, model_name, metadata)
 
 
@@ -147,12 +188,17 @@ def main(argv=None) -> int:
                         help="best validation loss, or the final weights")
     parser.add_argument("--if-changed", action="store_true",
                         help="do nothing if the newest version was exported from the same weights")
+    parser.add_argument("--chat-template", default="auto", metavar="auto|play|plain|FILE",
+                        help="how /v1/chat/completions writes messages: the corpus's own layout (auto), a named "
+                             "layout, or a Jinja2 file (model_interface/chat.py)")
+    parser.add_argument("--chat-stop", action="append", default=[], metavar="TEXT",
+                        help="with a template FILE: a string that ends the model's reply (repeatable)")
     args = parser.parse_args(argv)
     if not args.model_name or "/" in args.model_name or args.model_name.startswith("."):
         parser.error(f"--model-name must be a plain directory name, got {args.model_name!r}")
     try:
         version = export_version(Path(args.run_dir), Path(args.export_dir), args.model_name, args.checkpoint,
-                                 args.if_changed)
+                                 args.if_changed, args.chat_template, tuple(args.chat_stop))
     except ExportError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from training.checkpoints import BACKUP, BEST_WEIGHTS, DISK_FULL, LAST_WEIGHTS, CheckpointError
 from training.config import (ConfigError, TrainConfig, build_parser, config_from_args, flag_overrides,
                              write_text_atomic)
 from training.corpus import CorpusError
@@ -38,17 +39,32 @@ def resolve_config(args) -> TrainConfig:
                                          f"continue it, or choose another --run-dir")
         return config
     run_dir = Path(args.run_dir or TrainConfig().run_dir)
-    if not (run_dir / "backup.npz").exists():
-        raise ConfigError("run_dir", f"{run_dir} has no backup.npz to resume from")
-    config = TrainConfig.load(run_dir / "config.json")
+    if not (run_dir / BACKUP).exists():
+        raise ConfigError("run_dir", f"{run_dir} has no {BACKUP} to resume from")
+    config_path = run_dir / "config.json"
+    try:
+        config = TrainConfig.load(config_path)
+    except (OSError, ValueError, TypeError) as e:  # missing, not JSON, or fields of another version
+        raise ConfigError("run_dir", f"{config_path} cannot be read as a training config ({e}); is {run_dir} a "
+                                     f"charlm run directory?") from None
     config.stop_after_steps = 0  # a limit of the session that set it, not of the run
-    for name, value in flag_overrides(args).items():
+    config.run_dir = str(run_dir)  # the directory resumed, wherever config.json says the run was started
+    # --preset is not compared: `make train` passes one on every run, resumed or not, and the run's config wins
+    requested = flag_overrides(args)
+    differing = [name for name, value in requested.items()
+                 if name not in RESUMABLE_CHANGES and name != "run_dir" and value != getattr(config, name)]
+    if differing:
+        flags = ["--" + name.replace("_", "-") for name in differing]
+        saved = ", ".join(f"{flag} {getattr(config, name)}" for flag, name in zip(flags, differing))
+        given = ", ".join(f"{flag} {requested[name]}" for flag, name in zip(flags, differing))
+        also = f"(and {', '.join(flags[1:])}) " if len(flags) > 1 else ""
+        raise ConfigError(differing[0], f"{also}cannot change on --resume: the run's {config_path} has {saved}; "
+                                        f"the command line asks for {given}. Leave "
+                                        f"{'them' if also else 'it'} out to continue this run, or start a new run "
+                                        f"with another --run-dir; nothing in {run_dir} was changed")
+    for name, value in requested.items():
         if name in RESUMABLE_CHANGES:
             setattr(config, name, value)
-        elif value != getattr(config, name) and name != "run_dir":
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(name, f"cannot change on --resume (the run in {run_dir} was started with "
-                                    f"{flag} {getattr(config, name)})")
     config.validate()
     return config
 
@@ -144,11 +160,15 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     corpus_sha256 = sha256_of(corpus_path)
     chief = is_chief(strategy)
     if resume:
-        vocab = Vocab.load(run_dir / "vocab.json")
-        facts = json.loads((run_dir / "corpus.json").read_text())
+        vocab, facts = read_run_facts(run_dir)
         if facts["sha256"] != corpus_sha256:
-            raise CorpusError(f"{corpus_path}: sha256 {corpus_sha256} differs from the corpus this run was "
-                              f"started on ({facts['sha256']}); resume needs the same text")
+            raise CorpusError(f"{corpus_path}: sha256 {corpus_sha256} differs from {run_dir / 'corpus.json'} "
+                              f"({facts['sha256']}): the run was started on other text. Resume needs the text it "
+                              f"was started on; nothing in {run_dir} was changed")
+        if vocab != Vocab.from_text(text):
+            raise CorpusError(f"{run_dir / 'vocab.json'}: {len(vocab)} characters, not the {len(set(text))} of "
+                              f"{corpus_path}, which {run_dir / 'corpus.json'} says this run was started on: the "
+                              f"vocabulary is another run's. Nothing in {run_dir} was changed")
     else:
         vocab = Vocab.from_text(text)
     ids = vocab.encode(text)
@@ -180,7 +200,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     progress = checkpoints.Progress()
     carried = None  # per-replica recurrent state carried into the next batch
     if resume:
-        states, progress = checkpoints.load_backup(out_dir / checkpoints.BACKUP, model, optimizer)
+        for weights in dict.fromkeys([run_dir / BEST_WEIGHTS, out_dir / BEST_WEIGHTS, out_dir / LAST_WEIGHTS]):
+            if weights.exists():
+                checkpoints.check_weights(weights)  # refuse now, not when the run ends
+        states, progress = checkpoints.load_backup(out_dir / BACKUP, model, optimizer, config.batch_size)
         carried = distribute_rows(strategy, [tf.constant(s) for s in states])
         if config.verbose:
             print(f"resumed {run_dir} at epoch {progress.epoch + 1}, batch {progress.step_in_epoch}/"
@@ -263,6 +286,43 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     return summary(run_dir, progress, session_steps, started, stopped=False, stopped_early=stopped_early)
 
 
+def read_run_facts(run_dir: Path):
+    """The vocabulary and corpus facts a run was started with; CorpusError naming the file if unreadable."""
+    from training.corpus import Vocab
+
+    path = run_dir / "vocab.json"
+    try:
+        vocab = Vocab.load(path)
+        path = run_dir / "corpus.json"
+        facts = json.loads(path.read_text())
+        facts["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorpusError(f"{path}: cannot be read ({type(e).__name__}: {e}); is {run_dir} a charlm run "
+                          f"directory?") from None
+    return vocab, facts
+
+
+def checkpoint_advice(error: CheckpointError, run_dir: Path) -> str:
+    """What to do about a checkpoint that could not be written or read, after the message naming it."""
+    resume = f"python -m training.train --run-dir {run_dir} --resume"
+    if error.kind == "write":
+        has_backup = (error.path.parent / BACKUP).exists()
+        again = f"continue from the last good backup with: {resume}" if has_backup else \
+            "run the same command again (there is no backup yet)"
+        first = "Free some space" if error.errno in DISK_FULL else "Fix the cause"
+        return f". Training stopped. {first}, then {again}"
+    if error.path.name == BACKUP:
+        return (f". Nothing was changed. The run's weights files are separate and can still be exported "
+                f"(python -m training.export --run-dir {run_dir}). To train again, start a new run with another "
+                f"--run-dir, or remove {error.path} and start this one over without --resume")
+    if error.path.name in (BEST_WEIGHTS, LAST_WEIGHTS):
+        written = ("the next time the validation loss beats the run's best" if error.path.name == BEST_WEIGHTS
+                   else "when the run ends")
+        return (f". Nothing was changed. Remove it to resume (training writes it again {written}; the run's "
+                f"{BACKUP} is separate and intact): {resume}")
+    return ""
+
+
 def check_divergence(loss: float, progress, config: TrainConfig) -> None:
     if not math.isfinite(loss):
         raise TrainingDiverged(f"the training loss became {loss} at global step {progress.global_step + 1}; "
@@ -300,6 +360,9 @@ def main(argv=None) -> int:
         parser.error(str(e))
     except (CorpusError, TrainingDiverged) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    except CheckpointError as e:
+        print(f"{parser.prog}: error: {e}{checkpoint_advice(e, Path(config.run_dir))}", file=sys.stderr)
         return 1
     return 0
 
