@@ -10,6 +10,7 @@ Both answer `predict(signature, inputs, outputs, version)` with numpy arrays key
 """
 from __future__ import annotations
 
+import json
 import re
 import threading
 from pathlib import Path
@@ -27,6 +28,26 @@ TFSERVING_GRPC_ADDRESS = "127.0.0.1:8500"
 TFSERVING_REST_PORT = 8501
 DEFAULT_DEADLINE_S = 10.0  # a chunk of a large batch takes well under a second
 MAX_MESSAGE_BYTES = 256 << 20  # an activations reply is characters x layers x hidden floats; gRPC's default is 4 MB
+# Every TF Serving replica gets calls: with a target that resolves to several addresses (in the cluster
+# `dns:///<headless Service>.<namespace>.svc.cluster.local:8500`, one A record per ready pod; docs/deploy.md),
+# round_robin keeps a connection to each and rotates over the connected ones. gRPC's default, pick_first, would
+# send everything down one connection, and so to one pod. A replica that goes away drops out of the rotation as
+# soon as its connection closes, and gRPC re-resolves the name then, finding the replicas that remain or replace it.
+# A call that never left the client when that happened is retried by gRPC on its own (transparent retry). One that
+# did and failed UNAVAILABLE (its connection died under it) is retried here, on the next connection in the rotation:
+# Predict is idempotent — TF Serving runs the signatures as pure functions of their inputs (the state travels in
+# the request), so running a call twice can only cost time. Nothing else is retried: DEADLINE_EXCEEDED is a slow
+# server, which a retry would load more, and the errors of a bad request are the same on every replica. The
+# call's deadline bounds all its attempts together; throttling stops retries when most calls fail (an outage).
+TFSERVING_SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "tensorflow.serving.PredictionService", "method": "Predict"}],
+        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+}
 CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -34,6 +55,15 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.service_config", json.dumps(TFSERVING_SERVICE_CONFIG)),
+    ("grpc.enable_retries", 1),
+    # The config above is ours: a TXT record in the cluster's DNS does not replace it.
+    ("grpc.service_config_disable_resolution", 1),
+    # gRPC keeps a request for retrying only up to 256 KiB by default, and a larger one is not retried at all;
+    # a generate call of 64 streams of a 2x512 model carries 0.5 MB of state. Any request we may send qualifies.
+    ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),
+    # Re-resolve the name at most every 5 s (gRPC's default, 30 s, could hold back finding a replaced replica).
+    ("grpc.dns_min_time_between_resolutions_ms", 5000),
 )
 
 
@@ -84,7 +114,8 @@ class InProcess:
 
 class TFServingGrpc:
     """TF Serving's PredictionService. The channel opens on first use, so in a gunicorn worker it is created
-    after the fork; gRPC reconnects by itself after TF Serving restarts."""
+    after the fork; gRPC reconnects by itself after TF Serving restarts. `address` is a gRPC target: HOST:PORT,
+    `dns:///NAME:PORT` (every address NAME resolves to, round-robin: CHANNEL_OPTIONS) or `ipv4:A:P,B:Q,...`."""
 
     def __init__(self, address: str = TFSERVING_GRPC_ADDRESS, model_name: str = "charlm",
                  deadline_s: float = DEFAULT_DEADLINE_S, version_label: str = ""):

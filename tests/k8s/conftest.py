@@ -12,7 +12,8 @@ One module per concern:
 - test_k8s_rendering.py: what each kustomization renders, strict schema validation, what `make undeploy` keeps;
 - test_k8s_policy.py: checkov, the restricted standard, pinned images;
 - test_k8s_tfserving_config.py: TF Serving's model, batching and monitoring config files, parsed as its protos;
-- test_k8s_gateway.py: the gateway's settings, ports, probes and graceful shutdown, network policy, HPA/PDB/Ingress;
+- test_k8s_gateway.py: the gateway's settings, its headless gRPC Service to every TF Serving pod, ports, probes
+  and graceful shutdown, network policy, HPA/PDB/Ingress;
 - test_k8s_training_jobs.py: the single and multi-worker training Jobs and their entry point;
 - test_k8s_readiness_probe.py: TF Serving's probes, the readiness script against a REST model-status stand-in.
 

@@ -1,11 +1,13 @@
-"""The gateway's manifests agree with its code: the CHARLM_* settings serving/settings.py reads, TF Serving's gRPC
-Service it calls, gunicorn's bind, timeouts and graceful shutdown (serving/gunicorn.conf.py, loaded by gunicorn
-itself) against the ports, probes and termination grace period; the network policy in front of TF Serving; the
-autoscaler, disruption budgets and Ingress."""
+"""The gateway's manifests agree with its code: the CHARLM_* settings serving/settings.py reads, the headless gRPC
+Service it reaches every TF Serving pod through (and the round-robin channel that uses them all), gunicorn's bind,
+timeouts and graceful shutdown (serving/gunicorn.conf.py, loaded by gunicorn itself) against the ports, probes and
+termination grace period; the network policy in front of TF Serving; the autoscaler, disruption budgets and
+Ingress."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -43,19 +45,53 @@ def test_gateway_environment_names_settings_the_code_reads(overlay, docs, monkey
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
-def test_gateway_reaches_tf_serving_at_its_grpc_service(overlay, docs, monkeypatch):
+def test_gateway_reaches_every_tf_serving_pod_through_a_headless_grpc_service(overlay, docs, monkeypatch):
     documents = docs[overlay]
     settings = gateway_settings(find(documents, "Deployment", "charlm-gateway"), monkeypatch)
-    host, _, port = settings.tfserving_address.rpartition(":")
-    service = find(documents, "Service", host)
-    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
-    assert grpc["port"] == int(port)
+    # A dns:/// target naming a Service by its full name: gRPC's own resolver, every address the name has.
+    target = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", settings.tfserving_address)
+    assert target, f"{overlay}: {settings.tfserving_address!r} is not dns:///<service>.<ns>.svc.cluster.local:<port>"
+    name, namespace, port = target.groups()
+    service = find(documents, "Service", name)
+    assert service["metadata"]["namespace"] == namespace
+    # Headless: the name resolves to one address per ready pod, not to one cluster IP (one connection, one pod).
+    assert service["spec"].get("clusterIP") == "None" and not service["spec"].get("publishNotReadyAddresses")
+    tfserving = find(documents, "Deployment", "charlm-tfserving")
+    pod_labels = tfserving["spec"]["template"]["metadata"]["labels"]
+    selector = {"matchLabels": service["spec"]["selector"]}
+    assert selects(selector, pod_labels)
+    assert [w for w, _, labels in pod_specs(documents) if selects(selector, labels)] == ["charlm-tfserving"]
+    # With no proxy in between, the gateway connects to the pods' own port: TF Serving's gRPC --port.
+    c = container(tfserving["spec"]["template"]["spec"], "tfserving")
+    args = flags(c["args"])
+    [grpc] = service["spec"]["ports"]
+    assert grpc["name"] == "grpc" and grpc["targetPort"] == "grpc"
+    assert grpc["port"] == int(port) == port_of(c, "grpc") == int(args["port"])
+    # The channel spreads its calls over those addresses (gRPC's default, pick_first, would use one).
+    from model_interface.client import CHANNEL_OPTIONS
+
+    config = json.loads(dict(CHANNEL_OPTIONS)["grpc.service_config"])
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    # gRPC resolves the name again when a connection closes: TF Serving closes each after an age, so a replica
+    # added or replaced is found; calls in flight then get longer than the gateway's deadline to finish.
+    channel = dict(a.split("=", 1) for a in args["grpc_channel_arguments"].split(","))
+    assert 0 < int(channel["grpc.max_connection_age_ms"]) <= 300_000
+    assert int(channel["grpc.max_connection_age_grace_ms"]) >= settings.tfserving_timeout_s * 1000
+    if overlay == "prod":
+        assert tfserving["spec"]["replicas"] > 1  # what all this is for
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_tf_serving_cluster_ip_service_maps_its_ports(overlay, docs):
+    """charlm-tfserving stays for other clients and port-forward: gRPC and REST on TF Serving's ports."""
+    documents = docs[overlay]
+    service = find(documents, "Service", "charlm-tfserving")
     assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "rest"}
     tfserving = find(documents, "Deployment", "charlm-tfserving")
-    spec = tfserving["spec"]["template"]["spec"]
     assert selects({"matchLabels": service["spec"]["selector"]}, tfserving["spec"]["template"]["metadata"]["labels"])
-    c = container(spec, "tfserving")
+    c = container(tfserving["spec"]["template"]["spec"], "tfserving")
     args = flags(c["args"])
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
     assert grpc["targetPort"] == "grpc" and port_of(c, "grpc") == int(args["port"])
     rest = next(p for p in service["spec"]["ports"] if p["name"] == "rest")
     assert rest["targetPort"] == "rest" and port_of(c, "rest") == int(args["rest_api_port"])

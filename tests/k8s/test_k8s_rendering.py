@@ -10,7 +10,8 @@ from k8s_helpers import BASES, OVERLAYS, ROOT
 def test_every_kustomization_renders_what_it_should(docs):
     prod = {(d["kind"], d["metadata"]["name"]) for d in docs["prod"]}
     for expected in [("Namespace", "charlm"), ("Deployment", "charlm-tfserving"), ("Deployment", "charlm-gateway"),
-                     ("Service", "charlm-tfserving"), ("Service", "charlm-gateway"),
+                     ("Service", "charlm-tfserving"), ("Service", "charlm-tfserving-grpc"),
+                     ("Service", "charlm-gateway"),
                      ("HorizontalPodAutoscaler", "charlm-gateway"), ("PodDisruptionBudget", "charlm-gateway"),
                      ("PodDisruptionBudget", "charlm-tfserving"), ("NetworkPolicy", "charlm-tfserving"),
                      ("Ingress", "charlm-gateway"), ("PersistentVolumeClaim", "charlm-models"),
