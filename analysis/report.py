@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter would bury the progress lines
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter would bury the progress lines
 
 from analysis import advantage, cells, errors, features, figures, ngrams, saturation
 from analysis.activations import text_activations

@@ -22,7 +22,7 @@ from benchmarks.machine import machine
 from model_interface.client import ModelClient
 from model_interface.signatures import MAX_CHARS_PER_CALL, SamplingSettings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks.bench_generate import RESULTS, time_generate  # noqa: E402
 from benchmarks.machine import machine  # noqa: E402

@@ -27,24 +27,33 @@ MAX_CHARS_PER_CALL = 4096  # characters one `generate` call produces per row; lo
 INT64 = 2 ** 63
 MAX_TEMPERATURE = 100.0  # above this every character is equally likely to float32 precision
 MAX_TOP_K = 1 << 20  # any k at or above the vocabulary size means "all"; this bound only keeps int32 sane
+MAX_LOGPROBS = 20  # alternatives per character, as OpenAI's legacy completions allow
 
-Temperature = Annotated[float, Field(gt=0, le=MAX_TEMPERATURE, allow_inf_nan=False,
-                                     description="> 0; 1 is the model's own distribution, lower is more conservative")]
+Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False,
+                                     description="0 is greedy (the likeliest character); 1 is the model's own "
+                                                 "distribution; lower is more conservative")]
 TopK = Annotated[int, Field(ge=0, le=MAX_TOP_K, description="keep the k likeliest characters; 0 = off")]
 TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False,
                               description="nucleus sampling: keep the likeliest characters whose mass reaches p; in (0, 1]")]
+MinP = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False,
+                              description="keep characters at least min_p times as likely as the likeliest; 0 = off")]
+Logprobs = Annotated[int, Field(ge=0, le=MAX_LOGPROBS,
+                                description=f"how many likeliest alternatives to report per character (0 ... {MAX_LOGPROBS})")]
 Seed = Annotated[int, Field(ge=-INT64, lt=INT64, description="the random stream; same seed, same text")]
 
 
 class SamplingSettings(BaseModel):
-    """How one row samples. Temperature, then top-k, then top-p, then one uniform number keyed by
-    (seed, position in the state): a seeded row's text never depends on its batch-mates or on chunking."""
+    """How one row samples. Temperature (0: greedy), then top-k, then top-p, then min-p, then one uniform number
+    keyed by (seed, position in the state): a seeded row's text never depends on its batch-mates or on
+    chunking. `logprobs` asks for that many alternatives per generated character; it never changes the text."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     temperature: Temperature = 1.0
     top_k: TopK = 0
     top_p: TopP = 1.0
+    min_p: MinP = 0.0
+    logprobs: Logprobs = 0
     seed: Seed = 0
 
     def with_seed(self, seed: int) -> "SamplingSettings":
@@ -83,9 +92,11 @@ INPUTS: dict[str, tuple[Input, ...]] = {
         STATE,
         Input("num_chars", "int32", 1, f"characters to generate for this row (0 ... {MAX_CHARS_PER_CALL} per call)"),
         # The sampling settings, one input per SamplingSettings field, in its order.
-        Input("temperature", "float32", 1, "> 0"),
+        Input("temperature", "float32", 1, "in [0, 100]; 0 = greedy"),
         Input("top_k", "int32", 1, "keep the k likeliest characters; 0 = off"),
         Input("top_p", "float32", 1, "nucleus mass, in (0, 1]"),
+        Input("min_p", "float32", 1, "keep characters at least min_p times as likely as the likeliest; 0 = off"),
+        Input("logprobs", "int32", 1, f"alternatives to report per generated character, 0 ... {MAX_LOGPROBS}"),
         Input("seed", "int64", 1, "the row's random stream"),
     ),
     SCORE: (TEXT, STATE),
@@ -93,8 +104,11 @@ INPUTS: dict[str, tuple[Input, ...]] = {
     METADATA: (Input("request", "int32", 1, "any values; one row per answer"),),
 }
 OUTPUTS: dict[str, tuple[str, ...]] = {
-    GENERATE: ("text", "state", "unknown_chars"),
-    SCORE: ("log_probs", "lengths", "bits_per_char", "state", "unknown_chars"),
+    # log_probs: each generated (or scored) character's, from the model's own distribution; top_ids and
+    # top_log_probs: the likeliest characters before each one (min(20, vocab) of them; -1 and 0 past the end
+    # and, in generate, beyond the row's `logprobs`).
+    GENERATE: ("text", "state", "unknown_chars", "log_probs", "top_ids", "top_log_probs"),
+    SCORE: ("log_probs", "lengths", "bits_per_char", "state", "unknown_chars", "top_ids", "top_log_probs"),
     ACTIVATIONS: ("hidden", "cell", "input_gate", "forget_gate", "cell_candidate", "output_gate", "lengths", "state",
                   "unknown_chars"),  # cell and the gates: LSTM models only
     METADATA: ("vocab", "info", "state_size"),

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask, request
 
-from serving import auth, backends, batcher, errors, metrics
+from serving import auth, backends, batcher, cors, errors, metrics
 from serving.settings import Settings
 
 
@@ -21,8 +21,12 @@ def create_app(config: dict | None = None) -> Flask:
 
     errors.init_app(app)
     metrics.init_app(app)
+    cors.init_app(app, settings)  # before auth: a CORS preflight carries no API key
     auth.init_app(app, settings)
     backends.init_app(app, settings)
+    from serving import routes_chat
+
+    routes_chat.check_at_start(app.extensions["charlm.backend"], settings)  # a chat setting the model cannot write
     batcher.init_app(app, settings)
 
     @app.before_request
@@ -32,9 +36,10 @@ def create_app(config: dict | None = None) -> Flask:
         if request.path.startswith("/v1/") or request.path == "/readyz":
             app.extensions["charlm.backend"].maybe_refresh()
 
-    from serving import openapi, routes_health, routes_native, routes_openai, routes_ui, routes_visualize
+    from serving import (openapi, routes_health, routes_native, routes_openai, routes_tokenize, routes_ui,
+                         routes_visualize)
 
-    for blueprint in (routes_openai.bp, routes_native.bp, routes_health.bp, openapi.bp, routes_ui.bp,
-                      routes_visualize.bp):
+    for blueprint in (routes_openai.bp, routes_chat.bp, routes_native.bp, routes_tokenize.bp, routes_health.bp,
+                      openapi.bp, routes_ui.bp, routes_visualize.bp):
         app.register_blueprint(blueprint)
     return app

@@ -39,12 +39,20 @@ class Stream:
     sink: queue.SimpleQueue = field(repr=False)
     cancelled: bool = False  # set by the request's thread; read before every call
     generating_calls: int = 0
+    admitted_at: float | None = None  # set by submit, cleared at its first call (the queue time metric)
 
 
 @dataclass
 class Chunk:
+    """Characters of one stream, with what `generate` says of each (from the model's own distribution, before
+    temperature and the filters): its log-probability, and the row's `logprobs` likeliest characters (vocabulary
+    ids, -1 past those there are) with theirs, when it asked for any."""
+
     index: int
     text: str
+    log_probs: np.ndarray | None = None  # float32 [chars]
+    top_ids: np.ndarray | None = None  # int32 [chars, logprobs]
+    top_log_probs: np.ndarray | None = None  # float32 [chars, logprobs]
 
 
 @dataclass
@@ -56,7 +64,7 @@ class Done:
 @dataclass
 class Failed:
     index: int
-    error: ModelInterfaceError
+    error: Exception  # a typed failure (model_interface.errors, serving.errors' APIError): the request raises it
 
 
 class Batcher:
@@ -72,6 +80,9 @@ class Batcher:
             if self._count() + len(streams) > self.settings.max_streams:
                 raise TooManyStreams(f"{self._count()} streams are running; this worker takes at most "
                                      f"{self.settings.max_streams}", self.settings.retry_after_s)
+            admitted = time.perf_counter()
+            for stream in streams:
+                stream.admitted_at = admitted
             self._pending.extend(streams)
             if self._thread is None:  # started on first use: in a gunicorn worker that is after the fork
                 self._thread = threading.Thread(target=self._run, name="charlm-batcher", daemon=True)
@@ -107,6 +118,7 @@ class Batcher:
                 self._update_gauges(len(rows))
             if not rows:
                 continue
+            self._end_queue_time(rows)
             try:
                 finished = self._advance(rows)
             except Exception as e:  # a bug must fail these streams, not kill the thread every stream relies on
@@ -120,6 +132,14 @@ class Batcher:
                 kept = [s for s in self._active if s not in finished]
                 self._active = [s for s in kept if s not in rows] + [s for s in kept if s in rows]
                 self._update_gauges(0)
+
+    def _end_queue_time(self, rows: list[Stream]) -> None:
+        """A stream's queue time: from its admission to the start of its first backend call."""
+        now = time.perf_counter()
+        for stream in rows:
+            if stream.admitted_at is not None:
+                self.metrics.queue_time.observe(now - stream.admitted_at)
+                stream.admitted_at = None
 
     def _chunk(self, stream: Stream) -> int:
         return min(self.settings.max_chunk, self.settings.first_chunk << min(stream.generating_calls, 12))
@@ -164,12 +184,23 @@ class Batcher:
             if num_chars[i]:
                 stream.generating_calls += 1
             if text and not stream.cancelled:
-                stream.sink.put(Chunk(stream.index, text))
+                stream.sink.put(chunk_of(outputs, i, stream, text))
             if not stream.prompt and stream.remaining <= 0:
                 stream.sink.put(Done(stream.index, stream.state))
                 finished.add(stream)
         self.metrics.chars.inc(generated)
         return finished
+
+
+def chunk_of(outputs: dict[str, np.ndarray], row: int, stream: Stream, text: str) -> Chunk:
+    """Row `row`'s characters of a `generate` call as a Chunk: its first len(text) log-probabilities (the rest of
+    the row is padding up to the call's longest), and its alternatives if it asked for them."""
+    n, wanted = len(text), stream.sampling.logprobs
+    log_probs = outputs["log_probs"][row, :n].copy() if "log_probs" in outputs else None
+    if not wanted or "top_ids" not in outputs:
+        return Chunk(stream.index, text, log_probs)
+    return Chunk(stream.index, text, log_probs, outputs["top_ids"][row, :n, :wanted].copy(),
+                 outputs["top_log_probs"][row, :n, :wanted].copy())
 
 
 def init_app(app: Flask, settings) -> None:

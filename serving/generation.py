@@ -1,8 +1,8 @@
 """What the generating routes share: submitting a request's streams to the batcher, reading their events
-(recording time to first character and inter-character latency), stop strings, server-sent events."""
+(recording time to first character, inter-character latency and the request's record: prompt and generated
+characters, finish reasons, end-to-end latency), stop strings, server-sent events (with keep-alive comments)."""
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import queue
@@ -43,6 +43,10 @@ class RequestStreams:
         self.started = getattr(g, "started", time.perf_counter())
         self.first_char_at: float | None = None
         self.last_chunk_at: dict[int, float] = {}
+        self.record = metrics.record_request(endpoint, self.started)  # the vLLM-manner numbers (serving/metrics.py)
+        self._ready = None  # an event taken from the sink by ready_within(), not yet yielded
+        self._first_held = False  # events() holds the first event until the route takes it
+        self._last_event_at = time.perf_counter()
 
     @classmethod
     def submit(cls, batcher: Batcher, model: ServedModel, prompts: Sequence[str], max_chars: int,
@@ -56,7 +60,9 @@ class RequestStreams:
                           version=model.version, state_size=model.state_size, sink=sink)
                    for i, (prompt, state, row_sampling) in enumerate(zip(prompts, states, sampling, strict=True))]
         batcher.submit(streams)
-        return cls(streams, sink, endpoint, settings, metrics)
+        generation = cls(streams, sink, endpoint, settings, metrics)
+        generation.record.admitted(sum(len(p) for p in prompts))  # (the batcher is eating the streams' own)
+        return generation
 
     def events(self) -> Iterator[Chunk | Done]:
         """Every stream's text and end, until all are done or finished by the caller; a failed stream raises its
@@ -68,20 +74,29 @@ class RequestStreams:
         except BaseException:
             self.cancel()
             raise
-        return itertools.chain([first] if first is not None else [], events)
+        if first is None:
+            return events
+        self._first_held = True
+        return self._held(first, events)
+
+    def _held(self, first, events) -> Iterator[Chunk | Done]:
+        self._first_held = False  # runs when the route asks for the first event
+        yield first
+        yield from events
 
     def _events(self) -> Iterator[Chunk | Done]:
         while self.open:
-            try:
-                event = self.sink.get(timeout=self.settings.stream_idle_timeout_s)
-            except queue.Empty:
-                raise GenerationStalled(f"no output for {self.settings.stream_idle_timeout_s:g} s") from None
-            if event.index not in self.open:
-                continue
+            event = self._next_event(self._idle_left())
+            if event is None:
+                self._end(self.open, "error")
+                raise GenerationStalled(f"no output for {self.settings.stream_idle_timeout_s:g} s")
             if isinstance(event, Failed):
+                # The request fails whole: its other streams are cut. A 499 is a client gone (not a failure).
+                self._end(self.open, "abort" if getattr(event.error, "status", None) == 499 else "error")
                 raise event.error
             now = time.perf_counter()
             if isinstance(event, Chunk):
+                self.record.generated(len(event.text))
                 if self.first_char_at is None:
                     self.first_char_at = now
                     self.metrics.time_to_first_char.labels(self.endpoint).observe(now - self.started)
@@ -90,22 +105,62 @@ class RequestStreams:
                     self.metrics.inter_char.labels(self.endpoint).observe((now - last) / len(event.text))
                 self.last_chunk_at[event.index] = now
             else:
-                self.open.discard(event.index)
+                self._end({event.index}, "length")
             yield event
+
+    def _idle_left(self) -> float:
+        return self.settings.stream_idle_timeout_s - (time.perf_counter() - self._last_event_at)
+
+    def _next_event(self, timeout: float):
+        """The next event of an open stream (a held one first), waiting at most `timeout`; None if none came."""
+        if self._ready is not None:
+            event, self._ready = self._ready, None
+            if event.index in self.open:  # (its stream may have been finished since)
+                return event
+        deadline = time.perf_counter() + timeout
+        while True:
+            try:
+                event = self.sink.get(timeout=max(deadline - time.perf_counter(), 0))
+            except queue.Empty:
+                return None
+            self._last_event_at = time.perf_counter()
+            if event.index in self.open:
+                return event
+
+    def ready_within(self, seconds: float) -> bool:
+        """Whether the route can take its next event within `seconds` without blocking (an event came, no stream
+        is open, or the idle time is up and the route will raise). False: nothing came; the SSE layer sends a
+        keep-alive comment and asks again."""
+        if self._first_held or self._ready is not None or not self.open:
+            return True
+        left = self._idle_left()
+        if left > 0:
+            self._ready = self._next_event(min(seconds, left))
+        return self._ready is not None or self._idle_left() <= 0
+
+    def _end(self, indices, reason: str) -> None:
+        """Streams of `indices` still open end, for `reason` (charlm_request_success_total's finished_reason)."""
+        ended = self.open & set(indices)
+        self.open -= ended
+        self.record.finished(reason, len(ended))
 
     def finish(self, index: int) -> None:
         """Stop one stream early (a stop string was found)."""
-        self.open.discard(index)
+        self._end({index}, "stop")
         for stream in self.streams:
             if stream.index == index:
                 stream.cancelled = True
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "abort") -> None:
         """The client is gone or the request failed or is answered: the batcher drops these streams before its
-        next call."""
-        self.open.clear()
+        next call. Streams still open end for `reason` ("abort": the client went away; "error": the request
+        failed), and the request's record closes (end-to-end latency; a streamed reply's response count)."""
+        self._end(self.open, reason)
+        if reason == "error":
+            self.record.failed = True
         for stream in self.streams:
             stream.cancelled = True
+        self.record.close()
 
 
 class StopScanner:
@@ -139,17 +194,48 @@ def sse(payload: dict | str) -> str:
 
 def guarded(events: Iterator[str], generation: RequestStreams) -> Iterator[str]:
     """Once the 200 and its headers are sent, a failure can only be told in the stream: as an error event in
-    OpenAI's envelope (its clients raise it), never a cut connection or a traceback."""
+    OpenAI's envelope (its clients raise it), never a cut connection or a traceback. Counted as a failed
+    response (charlm_responses_total status "stream_error"), not as the 200 it started as."""
     try:
-        yield from events
+        yield from kept_alive(events, generation)
     except Exception as e:
         error = as_api_error(e)
         if error is None:
             log.exception("stream failed")
             error = internal_error()
+        generation.cancel("error")
         yield sse(error.body())
     finally:
         generation.cancel()  # a client that went away closes this generator: its streams stop at the next chunk
+
+
+KEEP_ALIVE = ": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see traffic
+
+
+def kept_alive(events: Iterator[str], generation: RequestStreams) -> Iterator[str]:
+    """`events`, with a keep-alive comment each time the route's next event has been settings.sse_keepalive_s in
+    coming (the wait is the event queue's own, with that timeout: no polling). The route's idle timeout still
+    ends a stalled stream. The wait happens here, before the route is asked for its next piece of text, so the
+    routes need not know of it; a route that sends two pieces for one batcher event while streams are still
+    open would have the second wait for the next batcher event (today's send at most one)."""
+    interval = generation.settings.sse_keepalive_s
+    if not interval:
+        yield from events
+        return
+    events = iter(events)
+    try:
+        while True:
+            while not generation.ready_within(interval):
+                yield KEEP_ALIVE
+            try:
+                text = next(events)
+            except StopIteration:
+                return
+            yield text
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
 
 
 def event_stream(events: Iterator[str], generation: RequestStreams) -> Response:

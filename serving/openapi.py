@@ -7,16 +7,19 @@ from functools import lru_cache
 from flask import Blueprint, jsonify
 from pydantic.json_schema import models_json_schema
 
-from serving import schemas
+from serving import chat_schemas, schemas
 
 bp = Blueprint("openapi", __name__)
 
-REQUESTS = (schemas.CompletionRequest, schemas.GenerateRequest, schemas.ScoreRequest, schemas.ActivationsRequest)
-RESPONSES = (schemas.Completion, schemas.ModelCard, schemas.ModelList, schemas.Generation, schemas.Score,
-             schemas.Activations, schemas.Health, schemas.Ready, schemas.Error)
+REQUESTS = (schemas.CompletionRequest, chat_schemas.ChatCompletionRequest, schemas.GenerateRequest,
+            schemas.ScoreRequest, schemas.ActivationsRequest, schemas.TokenizeRequest, schemas.DetokenizeRequest)
+RESPONSES = (schemas.Completion, chat_schemas.ChatCompletion, chat_schemas.ChatCompletionChunk, schemas.ModelCard,
+             schemas.ModelList, schemas.Generation, schemas.Score, schemas.Activations, schemas.Tokenized,
+             schemas.Detokenized, schemas.Health, schemas.Ready, schemas.Error)
 ERRORS = {400: "Malformed or out-of-range request", 401: "Missing or invalid API key (when keys are configured)",
           404: "Unknown model", 413: "Request body too large", 429: "Too many concurrent streams (see Retry-After)",
-          503: "Backend unavailable or no model loaded", 504: "Backend deadline exceeded"}
+          503: "Backend unavailable, no model loaded, or (chat) a chat template the version cannot write",
+          504: "Backend deadline exceeded"}
 
 
 def ref(model) -> dict:
@@ -31,15 +34,18 @@ def errors(*codes: int) -> dict:
     return {str(code): {"description": ERRORS[code], "content": json_content(schemas.Error)} for code in codes}
 
 
-def post(summary: str, request, reply, streams: bool, *codes: int) -> dict:
+def post(summary: str, request, reply, streams: bool, *codes: int, secured: bool = True, event=None) -> dict:
+    """`event`: the model of each server-sent event, when it is not `reply`'s."""
     ok = {"description": "OK", "content": json_content(reply)}
     if streams:
         ok["content"]["text/event-stream"] = {
-            "schema": {"type": "string", "description": f"with `stream: true`: `data: <{reply.__name__} JSON>` "
-                                                        "events, then `data: [DONE]`"}}
-    return {"post": {"summary": summary, "security": [{"bearerAuth": []}],
-                     "requestBody": {"required": True, "content": json_content(request)},
-                     "responses": {"200": ok, **errors(400, 401, *codes)}}}
+            "schema": {"type": "string", "description": f"with `stream: true`: `data: <{(event or reply).__name__} "
+                                                        "JSON>` events, then `data: [DONE]`"}}
+    operation = {"summary": summary, "requestBody": {"required": True, "content": json_content(request)},
+                 "responses": {"200": ok, **errors(400, *((401,) if secured else ()), *codes)}}
+    if secured:
+        operation["security"] = [{"bearerAuth": []}]
+    return {"post": operation}
 
 
 def get(summary: str, reply, *codes: int, content_type: str = "application/json", secured: bool = False) -> dict:
@@ -67,13 +73,22 @@ def document() -> dict:
         "paths": {
             "/v1/completions": post("OpenAI-compatible completion", schemas.CompletionRequest, schemas.Completion,
                                     True, 404, 413, 429, 503, 504),
+            "/v1/chat/completions": post(
+                "OpenAI-compatible chat: the messages written by the chat template (GET /v1/models/{model}: "
+                "chat_template), the reply up to its stop strings", chat_schemas.ChatCompletionRequest,
+                chat_schemas.ChatCompletion, True, 404, 413, 429, 503, 504, event=chat_schemas.ChatCompletionChunk),
             "/v1/generate": post("Generate, returning a continuation state", schemas.GenerateRequest,
                                  schemas.Generation, True, 404, 413, 429, 503, 504),
             "/v1/score": post("Bits per character of a text", schemas.ScoreRequest, schemas.Score, False,
                               404, 413, 503, 504),
             "/v1/activations": post("Per-character values of one layer", schemas.ActivationsRequest,
                                     schemas.Activations, False, 404, 413, 503, 504),
-            "/v1/models": get("OpenAI-compatible model list", schemas.ModelList, 401, 503, secured=True),
+            "/v1/models": get("OpenAI-compatible model list: each model's vocabulary, state size, limits and chat "
+                              "template", schemas.ModelList, 401, 503, secured=True),
+            "/tokenize": post("vLLM's: a text's token ids (a token is a character; its id, its vocabulary index)",
+                              schemas.TokenizeRequest, schemas.Tokenized, False, 404, 413, 503, secured=False),
+            "/detokenize": post("vLLM's: token ids (vocabulary indices) back to text", schemas.DetokenizeRequest,
+                                schemas.Detokenized, False, 404, 413, 503, secured=False),
             "/v1/models/{model}": model_path,
             "/healthz": get("Liveness: the process answers (no backend call)", schemas.Health),
             "/readyz": get("Readiness: a model is loaded and the backend answers", schemas.Ready, 503, 504),

@@ -10,12 +10,12 @@ import numpy as np
 from flask import Blueprint, jsonify, request
 
 from model_interface import signatures as sig
-from serving import state_token
+from serving import disconnect, state_token, unknown_chars
 from serving.backend import ServedModel
 from serving.backends import current_backend, resolve_model
 from serving.batcher import Chunk, Done, current_batcher
 from serving.errors import bad_request
-from serving.generation import RequestStreams, check_vocabulary, event_stream, random_seed, sse
+from serving.generation import RequestStreams, event_stream, random_seed, sse
 from serving.metrics import current_metrics
 from serving.schemas import Activations, ActivationsRequest, Generation, GenerateRequest, Score, ScoreRequest, parse
 from serving.settings import current_settings
@@ -52,18 +52,20 @@ def generate():
     body = parse(GenerateRequest, request.get_data(), config)
     model = resolve_model(body.model)
     kept_seed, state = read_state(body.state, model)
-    check_vocabulary(model, body.prompt, "prompt")
+    prompt, changes = unknown_chars.prepare_one(model, body.prompt, "prompt", unknown_chars.policy(body, config))
     seed = body.seed if body.seed is not None else kept_seed if kept_seed is not None else random_seed()
     sampling = body.sampling().with_seed(seed)
-    generation = RequestStreams.submit(current_batcher(), model, [body.prompt], body.max_chars, [sampling],
+    generation = RequestStreams.submit(current_batcher(), model, [prompt], body.max_chars, [sampling],
                                        "/v1/generate", config, current_metrics(), states=[state])
-    pieces = generation_pieces(generation.events(), model, seed)
     head = Generation(id=f"gen-{uuid.uuid4().hex[:24]}", object="generation.chunk", model=model.name,
-                      version=model.version, text="", finish_reason=None, seed=seed, state=None)
+                      version=model.version, text="", finish_reason=None, seed=seed, state=None,
+                      text_changes=changes)
     if body.stream:
-        return event_stream(generation_events(pieces, head), generation)
+        return event_stream(generation_events(generation_pieces(generation.events(), model, seed), head), generation)
     try:
-        return jsonify(generation_reply(pieces, head).model_dump())
+        with disconnect.watching(generation):
+            reply = generation_reply(generation_pieces(generation.events(), model, seed), head)
+        return jsonify(reply.model_dump())
     finally:
         generation.cancel()
 
@@ -96,26 +98,30 @@ def generation_reply(pieces: Iterator[GenerationPiece], head: Generation) -> Gen
 
 @bp.post("/score")
 def score():
-    body = parse(ScoreRequest, request.get_data(), current_settings())
+    config = current_settings()
+    body = parse(ScoreRequest, request.get_data(), config)
     model = resolve_model(body.model)
     kept_seed, state = read_state(body.state, model)
-    check_vocabulary(model, body.text, "text")
-    out = current_backend().call(sig.SCORE, model.version, sig.text_inputs([body.text], state_rows(state, model)),
-                                 sig.OUTPUTS[sig.SCORE])
+    text, changes = unknown_chars.prepare_one(model, body.text, "text", unknown_chars.policy(body, config),
+                                              nonempty=True)
+    out = current_backend().call(sig.SCORE, model.version, sig.text_inputs([text], state_rows(state, model)),
+                                 ("log_probs", "lengths", "bits_per_char", "state", "unknown_chars"))
     length = int(out["lengths"][0])
     log2 = (out["log_probs"][0, :length] / math.log(2)).round(5).tolist() if body.per_char else None
     return jsonify(Score(model=model.name, version=model.version, characters=length,
                          bits_per_char=float(out["bits_per_char"][0]), log2_probs=log2,
-                         state=state_token.encode(model.name, model.version, kept_seed or 0,
-                                                  out["state"][0])).model_dump())
+                         state=state_token.encode(model.name, model.version, kept_seed or 0, out["state"][0]),
+                         text_changes=changes).model_dump())
 
 
 @bp.post("/activations")
 def activations():
-    body = parse(ActivationsRequest, request.get_data(), current_settings())
+    config = current_settings()
+    body = parse(ActivationsRequest, request.get_data(), config)
     model = resolve_model(body.model)
     kept_seed, state = read_state(body.state, model)
-    check_vocabulary(model, body.text, "text")
+    text, changes = unknown_chars.prepare_one(model, body.text, "text", unknown_chars.policy(body, config),
+                                              nonempty=True)
     layers, cell = model.metadata.num_layers, model.metadata.cell
     layer = layers - 1 if body.layer is None else body.layer
     if layer >= layers:
@@ -124,13 +130,13 @@ def activations():
     if cell != "lstm" and source != "hidden":
         raise bad_request(f"a {cell} model has only 'hidden' activations", "kind")
     out = current_backend().call(sig.ACTIVATIONS, model.version,
-                                 sig.text_inputs([body.text], state_rows(state, model)),
+                                 sig.text_inputs([text], state_rows(state, model)),
                                  (source, "lengths", "state", "unknown_chars"))
     length = int(out["lengths"][0])
     values = out[source][0, :length, layer, :]
     if body.kind == "tanh_cell":
         values = np.tanh(values)
     return jsonify(Activations(model=model.name, version=model.version, layer=layer, kind=body.kind,
-                               chars=list(body.text), values=values.round(4).tolist(),
-                               state=state_token.encode(model.name, model.version, kept_seed or 0,
-                                                        out["state"][0])).model_dump())
+                               chars=list(text), values=values.round(4).tolist(),
+                               state=state_token.encode(model.name, model.version, kept_seed or 0, out["state"][0]),
+                               text_changes=changes).model_dump())

@@ -1,12 +1,20 @@
 """The gateway's configuration: CHARLM_* environment variables, validated once at start-up."""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from flask import current_app
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from model_interface.chat import ChatTemplate
+
+# What a chat template is rendered with once at start-up, to see that it parses and renders (its characters are
+# checked against a version's vocabulary later: serving/routes_chat.py).
+PROBE_MESSAGES = [{"role": role, "content": "text"} for role in ("system", "user", "assistant")]
 
 
 class Settings(BaseSettings):
@@ -19,6 +27,10 @@ class Settings(BaseSettings):
     model_dir: Path = Path("exported_models/charlm")
     # The name clients ask for and TF Serving's model_spec.name; empty means model_dir's last component.
     model_name: str = ""
+    # A gRPC target. With several TF Serving replicas, name all of them: in a cluster
+    # `dns:///charlm-tfserving-grpc.<namespace>.svc.cluster.local:8500`, a headless Service (an address per ready pod)
+    # that the channel's round_robin policy spreads calls over (model_interface/client.py); a ClusterIP Service's
+    # one address would pin all of a worker's calls to one pod. `ipv4:HOST:PORT,HOST:PORT` lists addresses directly.
     tfserving_address: str = "127.0.0.1:8500"
     # TF Serving version label (e.g. "stable", from its model config) to look up the version to serve; empty
     # means the newest it serves. Calls are then pinned to that version's number.
@@ -51,6 +63,87 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1, description="rows in one backend call")
     # A stream that receives nothing for this long ends with an error instead of hanging its thread.
     stream_idle_timeout_s: float = Field(120.0, gt=0)
+    # How often a non-streaming request looks whether its client has hung up (serving/disconnect.py).
+    disconnect_check_s: float = Field(0.25, gt=0)
+    # Characters outside the model's vocabulary in a request's text: `error` (a 400 naming them), `drop` them, or
+    # `replace` them by replacement_char (checked against the model's vocabulary when used). A request's
+    # `unknown_chars` and `replacement_char` fields override these (serving/unknown_chars.py).
+    unknown_chars: Literal["error", "drop", "replace"] = "error"
+    replacement_char: str = Field(" ", min_length=1, max_length=1)
+    # A stream waiting this long for its next event sends an SSE comment, so proxies keep the connection; 0 = never.
+    sse_keepalive_s: float = Field(15.0, ge=0)
+    # Comma-separated browser origins (scheme://host[:port]) allowed to call the API cross-origin, or "*" for any;
+    # empty (the default) means no CORS headers at all (serving/cors.py).
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # /v1/chat/completions (serving/routes_chat.py). A Jinja2 file used in place of every version's own chat template
+    # (model_interface/chat.py: `messages`, `add_generation_prompt`; HF's chat-template variables). Read and rendered
+    # once here (a file that cannot be read or rendered stops the gateway), and checked against the vocabulary of the
+    # version loaded at start-up (one that cannot write it stops the gateway) and of any later version when it is
+    # first used for chat (a 503 naming the characters, never a 500). Empty: each version's own template.
+    chat_template: Path | None = None
+    # The strings that end a chat reply, as a JSON list of strings (`["\n\n"]`: JSON, because stop strings are mostly
+    # newlines, which a comma-separated list could not write, and may hold commas). Replaces the version's own
+    # (`chat_stop` in its metadata) or, with chat_template, is the template's. Unset: the version's stop strings with
+    # its own template, none with chat_template; `[]`: none.
+    chat_stop: Annotated[tuple[str, ...] | None, NoDecode] = None
+    _chat_source: str | None = PrivateAttr(None)  # chat_template's text, read once
+
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def empty_template_is_none(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("chat_stop", mode="before")
+    @classmethod
+    def stop_list(cls, value):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError('must be a JSON list of strings, e.g. ["\\n\\n"]') from None
+        if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
+            raise ValueError('must be a JSON list of non-empty strings, e.g. ["\\n\\n"]')
+        return tuple(value)
+
+    @model_validator(mode="after")
+    def read_chat_template(self):
+        if self.chat_template is None:
+            return self
+        where = f"CHARLM_CHAT_TEMPLATE (chat_template) {self.chat_template}"
+        try:
+            source = self.chat_template.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"{where}: cannot be read ({e.strerror or e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{where}: not UTF-8 ({e})") from None
+        try:
+            ChatTemplate(source).render(PROBE_MESSAGES, add_generation_prompt=True)
+        except Exception as e:  # a Jinja2 error, or whatever else the template's own code raised
+            raise ValueError(f"{where}: {e}") from None
+        self._chat_source = source
+        return self
+
+    @property
+    def chat_override(self) -> ChatTemplate | None:
+        """CHARLM_CHAT_TEMPLATE's template with CHARLM_CHAT_STOP's stop strings; None when not set."""
+        if self._chat_source is None:
+            return None
+        return ChatTemplate(self._chat_source, self.chat_stop or ())
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def split_origins(cls, value):
+        if isinstance(value, str):
+            value = [origin.strip() for origin in value.split(",") if origin.strip()]
+        origins = tuple(str(origin).strip().rstrip("/").lower() for origin in value)
+        bad = [o for o in origins if o != "*" and not re.fullmatch(r"https?://[^/?#\s]+", o)]
+        if bad:
+            raise ValueError(f"not an origin (scheme://host[:port], or *): {', '.join(bad)}")
+        return origins
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -76,3 +76,17 @@ def model_client(exported_model):
 def loaded_model(model_client):
     """The raw tf.saved_model.load() object of the session's version, for tests of the graph itself."""
     return model_client.transport.loaded
+
+
+@pytest.fixture(scope="session")
+def app(exported_model):
+    """The gateway (flaskr's `app` fixture) on the session's model: one per session (serving_helpers.shared_app),
+    so tests must not change it; a module that needs other settings defines its own `app`."""
+    from serving_helpers import shared_app
+
+    return shared_app(exported_model[0])
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

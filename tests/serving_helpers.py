@@ -62,3 +62,10 @@ def assert_error(response, status, param=None, code=None) -> dict:
     if code is not None:
         assert error["code"] == code
     return error
+
+
+def post_ok(client, path: str, **body) -> dict:
+    """POST a JSON body with a Flask test client; the reply must be a 200: its JSON."""
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()

@@ -23,14 +23,16 @@ from training.model import CharRNN
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def generate(client, prompts, num_chars, state=None, temperature=1.0, top_k=0, top_p=1.0, seed=7, validate=True):
+def generate(client, prompts, num_chars, state=None, temperature=1.0, top_k=0, top_p=1.0, seed=7, validate=True,
+             min_p=0.0, logprobs=0):
     """One `generate` call with per-row (or shared) settings. validate=False sends values SamplingSettings
     would refuse, to reach the graph's own checks."""
     b = len(prompts)
     per_row = lambda v: v if isinstance(v, list) else [v] * b
     make = SamplingSettings if validate else SamplingSettings.model_construct
-    settings = [make(temperature=t, top_k=k, top_p=p, seed=s)
-                for t, k, p, s in zip(per_row(temperature), per_row(top_k), per_row(top_p), per_row(seed))]
+    settings = [make(temperature=t, top_k=k, top_p=p, seed=s, min_p=m, logprobs=n)
+                for t, k, p, s, m, n in zip(per_row(temperature), per_row(top_k), per_row(top_p), per_row(seed),
+                                            per_row(min_p), per_row(logprobs))]
     out = client.generate(prompts, per_row(num_chars), settings, states=state)
     return out["text"], out["state"], out["unknown_chars"]
 
@@ -81,7 +83,7 @@ def test_signature_defs_take_text_and_batch_first(loaded_model):
     assert set(signatures) == {"generate", "score", "activations", "metadata", "serving_default"}
     inputs = signatures["generate"].structured_input_signature[1]
     expected = {"prompt": tf.string, "state": tf.float32, "num_chars": tf.int32, "temperature": tf.float32,
-                "top_k": tf.int32, "top_p": tf.float32, "seed": tf.int64}
+                "top_k": tf.int32, "top_p": tf.float32, "min_p": tf.float32, "logprobs": tf.int32, "seed": tf.int64}
     assert {k: v.dtype for k, v in inputs.items()} == expected
     for name, declared in INPUTS.items():  # the SavedModel is what the interface package says it is
         actual = signatures[name].structured_input_signature[1]
@@ -106,8 +108,15 @@ def greedy_keras(model, vocab, prompt, n):
 
 def test_greedy_generation_matches_keras(model_client, keras_model):
     model, vocab = keras_model
+    expected = greedy_keras(model, vocab, "KING RICHARD:\n", 120)
     texts, _, _ = generate(model_client, ["KING RICHARD:\n"], 120, top_k=1)
-    assert texts[0] == greedy_keras(model, vocab, "KING RICHARD:\n", 120)
+    assert texts[0] == expected
+    # Temperature 0 is greedy on every path: alone, batched past FUSED_CELL_MAX_BATCH, with filters on.
+    texts, _, _ = generate(model_client, ["KING RICHARD:\n"] * 6, 120, temperature=0.0, seed=list(range(6)),
+                           top_p=[1.0, 0.5, 1.0, 1.0, 1.0, 1.0])
+    assert texts == [expected] * 6
+    alone, _, _ = generate(model_client, ["KING RICHARD:\n"], 120, temperature=0.0, seed=99)
+    assert alone[0] == expected
 
 
 def test_score_matches_keras_loss(model_client, keras_model, corpus_slice):
@@ -177,6 +186,52 @@ def test_top_k_and_top_p_limit_the_choices(model_client):
     assert set(greedy) == {ranked[0]}
 
 
+def test_min_p_keeps_only_characters_near_the_likeliest(model_client):
+    probs = _next_char_probs(model_client, "\nROMEO:\nI")
+    vocab = model_client.metadata.vocab
+    order = np.argsort(-probs)
+    n = 300
+    best, _, _ = generate(model_client, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)), min_p=1.0)
+    assert set(best) == {vocab[order[0]]}
+    # Just below the second's ratio to the first: exactly those two remain, at temperature 2 both show up.
+    ratio = float(probs[order[1]] / probs[order[0]]) * 0.999
+    third = float(probs[order[2]] / probs[order[0]])
+    assert third < ratio
+    two, _, _ = generate(model_client, ["\nROMEO:\nI"] * n, 1, seed=list(range(n)), min_p=ratio)
+    assert set(two) == {vocab[order[0]], vocab[order[1]]}
+
+
+def test_generated_log_probs_are_recomputed_from_the_state(model_client):
+    """Each generated character's log-probability and its alternatives are the model's own distribution at the
+    state before it (before temperature and filters), whatever the settings sampled from."""
+    prompt = "\nROMEO:\n"
+    out = model_client.generate([prompt], 40, SamplingSettings(temperature=0.7, top_k=5, logprobs=5, seed=2))
+    text = out["text"][0]
+    vocab = np.array(model_client.metadata.vocab)
+    for i in (0, 7, 39):
+        probs = _next_char_probs(model_client, prompt + text[:i])
+        assert out["log_probs"][0, i] == pytest.approx(np.log(probs[list(vocab).index(text[i])]), abs=1e-4)
+        assert list(vocab[out["top_ids"][0, i, :5]]) == list(vocab[np.argsort(-probs)[:5]])
+        np.testing.assert_allclose(out["top_log_probs"][0, i, :5], np.log(np.sort(probs)[::-1][:5]), atol=1e-4)
+        assert (out["top_ids"][0, i, 5:] == -1).all()  # beyond the row's own `logprobs`
+    # Asking for them changes no text, neither the row's nor a batch-mate's.
+    plain = model_client.generate([prompt, "a"], 40, [SamplingSettings(temperature=0.7, top_k=5, seed=2),
+                                                      SamplingSettings(seed=4)])
+    mixed = model_client.generate([prompt, "a"], 40, [SamplingSettings(temperature=0.7, top_k=5, seed=2),
+                                                      SamplingSettings(seed=4, logprobs=20)])
+    assert plain["text"] == mixed["text"] and plain["text"][0] == text
+    np.testing.assert_allclose(plain["log_probs"], mixed["log_probs"], atol=1e-6)
+
+
+def test_score_reports_the_likeliest_alternatives(model_client):
+    text = "\nROMEO:\nI"
+    out = model_client.score([text, "ab"])
+    vocab = list(model_client.metadata.vocab)
+    probs = _next_char_probs(model_client, text[:5])  # the distribution before character 5
+    assert [vocab[i] for i in out["top_ids"][0, 5, :3]] == [vocab[i] for i in np.argsort(-probs)[:3]]
+    assert (out["top_ids"][1, 2:] == -1).all() and (out["top_log_probs"][1, 2:] == 0).all()  # past its length
+
+
 def test_unknown_characters_are_reported_and_empty_prompt_works(model_client):
     texts, state, unknown = generate(model_client, ["ROMEO\u2603 says {hi}", ""], 20)
     assert unknown[0].decode("utf-8") == "\u2603{}" and texts[0] == ""
@@ -185,8 +240,8 @@ def test_unknown_characters_are_reported_and_empty_prompt_works(model_client):
 
 
 def test_bad_sampling_values_raise(model_client):
-    for kwargs, message in [(dict(temperature=0.0), "temperature"), (dict(top_p=1.5), "top_p"),
-                            (dict(top_k=-1), "top_k")]:
+    for kwargs, message in [(dict(temperature=-0.5), "temperature"), (dict(top_p=1.5), "top_p"),
+                            (dict(top_k=-1), "top_k"), (dict(min_p=1.5), "min_p"), (dict(logprobs=21), "logprobs")]:
         with pytest.raises(InputRejected, match=message):
             generate(model_client, ["a"], 5, validate=False, **kwargs)
     with pytest.raises(InputRejected, match="num_chars"):
@@ -274,3 +329,23 @@ def test_scoring_in_chunks_carrying_the_state_equals_one_pass(model_client, corp
         pieces.append(out["log_probs"][0])
     np.testing.assert_allclose(np.concatenate(pieces), whole["log_probs"][0], atol=1e-5)
     np.testing.assert_allclose(state, whole["state"], atol=1e-5)
+
+
+def test_the_version_carries_its_corpus_chat_template(model_client):
+    """tiny-shakespeare is a play: the template writes speeches and stops at the next speaker."""
+    from model_interface.chat import ChatTemplate
+
+    metadata = model_client.metadata
+    assert metadata.chat_template == ChatTemplate.layout("play").source and metadata.chat_stop == ("\n\n",)
+
+
+def test_a_chat_template_the_vocabulary_cannot_write_is_refused_at_export(trained_run, tmp_path, capsys):
+    config, _ = trained_run
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}\u2603 {{ m.content }}{% endfor %}", encoding="utf-8")
+    argv = ["--run-dir", config.run_dir, "--export-dir", str(tmp_path / "out")]
+    assert main(argv + ["--chat-template", str(template)]) == 1
+    assert "outside the vocabulary: '\u2603'" in capsys.readouterr().err
+    assert main(argv + ["--chat-template", str(tmp_path / "missing.jinja")]) == 1
+    assert "missing.jinja: cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "charlm").exists() or not list((tmp_path / "out" / "charlm").iterdir())

@@ -8,7 +8,8 @@ from model_interface.signatures import (GENERATE, INPUTS, SAMPLING_INPUTS, Sampl
 
 
 @pytest.mark.parametrize("values, field", [
-    ({"temperature": 0.0}, "temperature"), ({"temperature": 101.0}, "temperature"),
+    ({"temperature": -0.1}, "temperature"), ({"temperature": 101.0}, "temperature"),
+    ({"min_p": 1.5}, "min_p"), ({"logprobs": 21}, "logprobs"), ({"logprobs": -1}, "logprobs"),
     ({"temperature": float("nan")}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.01}, "top_p"),
     ({"top_k": -1}, "top_k"), ({"seed": 2 ** 63}, "seed"), ({"seed": -(2 ** 63) - 1}, "seed"),
     ({"top_k": 1.5}, "top_k"), ({"min_q": 1}, "min_q")])
@@ -19,7 +20,7 @@ def test_settings_out_of_bounds_are_refused_naming_the_field(values, field):
 
 
 def test_bounds_read_as_words():
-    assert bounds("top_p") == "in (0, 1]" and bounds("temperature") == "in (0, 100]"
+    assert bounds("top_p") == "in (0, 1]" and bounds("temperature") == "in [0, 100]"
     assert bounds("top_k").startswith("in [0, ")
 
 

@@ -30,11 +30,12 @@ def test_prints_prime_then_text_chunk_by_chunk(exported_model):
 
 @pytest.mark.parametrize("argv, message", [
     # The bounds in the messages are model_interface.signatures', where they are written once.
-    (["--temperature", "0"], "--temperature must be in (0, 100], got 0.0"),
+    (["--temperature", "-1"], "--temperature must be in [0, 100], got -1.0"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--top-k", "-2"], "--top-k must be in [0, "),
     (["--length", "-1"], "--length must be zero or more"),
+    (["--min-p", "2"], "--min-p must be in [0, 1], got 2.0"),
     (["--prime", "\u2603 snow"], "--prime has characters the model never saw"),
     (["--version", "9"], "has no version 9 (it has 1)"),
     (["--seed", str(2 ** 64)], "--seed must be in [-9223372036854775808, 9223372036854775808)"),

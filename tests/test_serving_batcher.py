@@ -182,3 +182,28 @@ def test_a_state_continues_exactly(local):
     _, sink = submit(batcher, row(prompt="", state=ends[0].state, remaining=70, seed=3))
     assert texts[0] + collect(sink, 1)[0][0] == whole
     assert np.isclose(ends[0].state[-1], 56)  # the position: 6 prompt characters + 50 generated
+
+
+def test_chunks_carry_each_characters_log_probability_and_the_alternatives_asked_for(local, model_client):
+    batcher, _ = make_batcher(local, first_chunk=4, max_chunk=8)
+    asking = SamplingSettings(seed=1, logprobs=3)
+    streams, sink = submit(batcher, ("ROMEO:", None, 30, asking), row(prompt="ROMEO:", remaining=30, seed=1))
+    chunks = {0: [], 1: []}
+    done = 0
+    while done < 2:
+        event = sink.get(timeout=60)
+        if isinstance(event, Chunk):
+            chunks[event.index].append(event)
+        else:
+            done += 1
+    texts = {i: "".join(c.text for c in chunks[i]) for i in chunks}
+    assert texts[0] == texts[1]  # asking for alternatives never changes the text
+    for chunk in chunks[0]:
+        assert chunk.log_probs.shape == (len(chunk.text),) and chunk.top_ids.shape == (len(chunk.text), 3)
+    assert all(c.top_ids is None and c.log_probs.shape == (len(c.text),) for c in chunks[1])
+    # The model's distribution before each character, recomputed by reading the text.
+    out = model_client.score(["ROMEO:" + texts[0]])
+    log_probs = np.concatenate([c.log_probs for c in chunks[0]])
+    assert np.allclose(log_probs, out["log_probs"][0, 6:36], atol=2e-4)
+    top_ids = np.concatenate([c.top_ids for c in chunks[0]])
+    assert (top_ids[:, 0] == out["top_ids"][0, 6:36, 0]).mean() > 0.9  # (a near-tie may swap the first two)

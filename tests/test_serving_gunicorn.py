@@ -1,5 +1,6 @@
 """End to end: gunicorn (serving/gunicorn.conf.py, gthread) serving the session's tiny model on 127.0.0.1,
-driven by the official `openai` client and by a raw socket that hangs up mid-stream. Spawned once."""
+driven by the official `openai` client, by langchain-openai (`OpenAI`, `ChatOpenAI`), both as installed from the
+registry, and by a raw socket that hangs up mid-stream. Spawned once."""
 import runpy
 import signal
 import socket
@@ -8,11 +9,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from model_interface.chat import ChatTemplate
 from serving.launch import GunicornGateway
 from serving_helpers import metric_value, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-key"
+CHAT = [{"role": "system", "content": "A street in Verona."}, {"role": "user", "content": "Good morrow, fair maid."}]
+CHAT_PROMPT = ChatTemplate.layout("play").render(CHAT)  # the session's version has the play template
 
 
 def test_configuration(monkeypatch, tmp_path):
@@ -67,16 +71,141 @@ def test_openai_client_plain_and_streaming(client):
 
 
 @pytest.mark.slow
+def test_openai_client_reads_greedy_text_and_logprobs(client):
+    """The official client parses the legacy logprobs shape, a log-likelihood request (echo, max_tokens 0) included,
+    and vLLM's extra sampling fields pass through its extra_body."""
+    greedy = client.completions.create(model="charlm", prompt="ROMEO:\n", max_tokens=40, temperature=0, logprobs=2)
+    choice = greedy.choices[0]
+    assert choice.logprobs.tokens == list(choice.text) and len(choice.logprobs.top_logprobs) == 40
+    assert all(lp == max(top.values()) for lp, top in zip(choice.logprobs.token_logprobs, choice.logprobs.top_logprobs))
+    assert client.completions.create(model="charlm", prompt="ROMEO:\n", max_tokens=40, temperature=1,
+                                     extra_body={"top_k": 1}).choices[0].text == choice.text
+    scored = client.completions.create(model="charlm", prompt="ROMEO:\n", max_tokens=0, echo=True, logprobs=0)
+    logprobs = scored.choices[0].logprobs
+    assert scored.choices[0].text == "ROMEO:\n" and logprobs.token_logprobs[0] is None
+    assert all(lp < 0 for lp in logprobs.token_logprobs[1:]) and logprobs.text_offset == list(range(7))
+
+
+@pytest.mark.slow
 def test_openai_client_sees_errors(client, gateway):
     import openai
 
     with pytest.raises(openai.BadRequestError) as raised:
-        client.completions.create(model="charlm", prompt="A", temperature=0)
+        client.completions.create(model="charlm", prompt="A", temperature=-1)  # (0 is greedy)
     assert raised.value.body["param"] == "temperature"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-4", prompt="A")
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=gateway.url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+@pytest.mark.slow
+def test_openai_client_chat_plain_and_streaming(client):
+    """The official client's chat.completions, plain and streamed: the reply is the model continuing the
+    conversation as the version's chat template writes it, up to the template's stop string."""
+    completion = client.chat.completions.create(model="charlm", messages=CHAT, max_completion_tokens=200, seed=12,
+                                                temperature=0.8)
+    assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl-")
+    (choice,) = completion.choices
+    content = choice.message.content
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    same = client.completions.create(model="charlm", prompt=CHAT_PROMPT, max_tokens=200, seed=12, temperature=0.8,
+                                     stop=["\n\n"]).choices[0]
+    assert (content, choice.finish_reason) == (same.text, same.finish_reason)
+    assert completion.usage.prompt_tokens == len(CHAT_PROMPT) and completion.usage.completion_tokens == len(content)
+    chunks = list(client.chat.completions.create(model="charlm", messages=CHAT, max_completion_tokens=200, seed=12,
+                                                 temperature=0.8, stream=True,
+                                                 stream_options={"include_usage": True}))
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in with_choices) == content
+    assert with_choices[-1].choices[0].finish_reason == choice.finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(content)
+
+
+@pytest.mark.slow
+def test_openai_client_chat_greedy_with_logprobs(client):
+    greedy = client.chat.completions.create(model="charlm", messages=CHAT, max_tokens=40, temperature=0,
+                                            logprobs=True, top_logprobs=2)
+    choice = greedy.choices[0]
+    entries = choice.logprobs.content
+    assert "".join(e.token for e in entries) == choice.message.content
+    assert all(bytes(e.bytes).decode("utf-8") == e.token and len(e.top_logprobs) == 2 for e in entries)
+    assert all(e.top_logprobs[0].token == e.token and e.logprob == e.top_logprobs[0].logprob for e in entries)
+    legacy = client.completions.create(model="charlm", prompt=CHAT_PROMPT, max_tokens=40, temperature=0,
+                                       stop=["\n\n"]).choices[0]
+    assert choice.message.content == legacy.text
+
+
+@pytest.mark.slow
+def test_openai_client_sees_chat_refusals(client):
+    import openai
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="charlm", messages=CHAT, tools=[tool])
+    assert raised.value.body["param"] == "tools" and raised.value.body["code"] == "unsupported_parameter"
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://127.0.0.1/a.png"}}]}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="charlm", messages=image)
+    assert raised.value.body["code"] == "unsupported_content"
+
+
+@pytest.fixture
+def langchain_offline(monkeypatch):
+    """No tracing to LangSmith and no OpenAI settings from the environment: only the gateway is called."""
+    for name in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING", "LANGSMITH_API_KEY",
+                 "LANGCHAIN_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_ORG_ID",
+                 "OPENAI_ORGANIZATION", "OPENAI_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def gateway_post(gateway, path: str, body: dict) -> dict:
+    response = requests.post(gateway.url + path, json={"model": "charlm", **body}, timeout=60,
+                             headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.slow
+def test_langchain_chat_openai_invoke_and_stream(gateway, langchain_offline):
+    """langchain-openai's ChatOpenAI, unmodified: invoke() returns the greedy reply the gateway gives for the same
+    request, stream() the same text in pieces (with the usage, when asked)."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_openai import ChatOpenAI
+
+    expected = gateway_post(gateway, "/v1/chat/completions", {"messages": CHAT, "temperature": 0,
+                                                              "max_completion_tokens": 40})["choices"][0]
+    llm = ChatOpenAI(base_url=gateway.url + "/v1", api_key=API_KEY, model="charlm", temperature=0, max_tokens=40,
+                     max_retries=0, timeout=60)
+    messages = [SystemMessage(CHAT[0]["content"]), HumanMessage(CHAT[1]["content"])]
+    reply = llm.invoke(messages)
+    assert reply.content == expected["message"]["content"]
+    assert reply.response_metadata["finish_reason"] == expected["finish_reason"]
+    assert reply.usage_metadata["input_tokens"] == len(CHAT_PROMPT)
+    assert reply.usage_metadata["output_tokens"] == len(reply.content)
+    chunks = list(llm.stream(messages, stream_usage=True))
+    pieces = [c.content for c in chunks if c.content]
+    assert "".join(pieces) == reply.content and len(pieces) >= (2 if len(reply.content) > 8 else 1)
+    total = sum(chunks[1:], chunks[0])
+    assert total.usage_metadata["output_tokens"] == len(reply.content)
+    assert total.response_metadata["finish_reason"] == expected["finish_reason"]
+
+
+@pytest.mark.slow
+def test_langchain_openai_completions_invoke_and_stream(gateway, langchain_offline):
+    """langchain-openai's OpenAI (legacy completions), unmodified: it sends a list of prompts and neutral
+    penalties, and reads the greedy text back."""
+    from langchain_openai import OpenAI
+
+    expected = gateway_post(gateway, "/v1/completions", {"prompt": "ROMEO:\n", "temperature": 0,
+                                                         "max_tokens": 40})["choices"][0]["text"]
+    llm = OpenAI(base_url=gateway.url + "/v1", api_key=API_KEY, model="charlm", temperature=0, max_tokens=40,
+                 max_retries=0, timeout=60)
+    assert llm.invoke("ROMEO:\n") == expected and len(expected) == 40
+    pieces = list(llm.stream("ROMEO:\n"))
+    assert "".join(pieces) == expected and len([p for p in pieces if p]) > 1
+    assert llm.batch(["ROMEO:\n", "JULIET:\n"])[0] == expected
 
 
 def metrics(url) -> str:
@@ -101,6 +230,25 @@ def test_hanging_up_mid_stream_stops_the_generation(gateway):
     scraped = metrics(url)
     assert metric_value(scraped, "charlm_cancelled_streams_total") == before + 1
     assert metric_value(scraped, "charlm_time_to_first_char_seconds_count", 'endpoint="/v1/completions"') >= 1
+
+
+@pytest.mark.slow
+def test_hanging_up_a_plain_request_stops_the_generation(gateway):
+    """A non-streaming request writes nothing until its end: the gateway watches the client's socket
+    (gunicorn.socket) instead, so the rows of a client gone leave the batch at the next chunk (serving/disconnect.py)."""
+    url = gateway.url
+    before = metric_value(metrics(url), "charlm_cancelled_streams_total") or 0
+    chars_before = metric_value(metrics(url), "charlm_generated_chars_total") or 0
+    body = b'{"model": "charlm", "prompt": "A", "max_tokens": 8192}'
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                  b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert wait_until(lambda: metric_value(metrics(url), "charlm_active_streams") == 1, timeout=30)
+    assert wait_until(lambda: metric_value(metrics(url), "charlm_active_streams") == 0, timeout=30)
+    scraped = metrics(url)
+    assert metric_value(scraped, "charlm_cancelled_streams_total") == before + 1
+    assert metric_value(scraped, "charlm_generated_chars_total") - chars_before < 8192
 
 
 @pytest.mark.slow

@@ -5,23 +5,11 @@ import numpy as np
 import pytest
 
 from serving import state_token
-from serving_helpers import assert_error, shared_app, sse_payloads
-
-
-@pytest.fixture(scope="module")
-def app(exported_model):
-    return shared_app(exported_model[0])
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+from serving_helpers import post_ok, assert_error, sse_payloads
 
 
 def generate(client, **body):
-    response = client.post("/v1/generate", json=body)
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return response.get_json()
+    return post_ok(client, "/v1/generate", **body)
 
 
 def test_generate_and_continue_exactly(client):
@@ -61,7 +49,7 @@ def test_state_problems_are_400s(client):
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"max_chars": -5}, "max_chars"), ({"max_chars": 10 ** 7}, "max_chars"), ({"temperature": 0.0}, "temperature"),
+    ({"max_chars": -5}, "max_chars"), ({"max_chars": 10 ** 7}, "max_chars"), ({"temperature": -0.5}, "temperature"),
     ({"top_k": -1}, "top_k"), ({"top_p": 0}, "top_p"), ({"seed": "x"}, "seed"), ({"prompt": None, "x": 1}, "x"),
     ({"prompt": ["A"]}, "prompt"), ({"model": "other"}, "model"),
 ])

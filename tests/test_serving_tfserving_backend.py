@@ -4,6 +4,7 @@ restart of the server, the deadline."""
 import numpy as np
 import pytest
 
+from model_interface import signatures as sig
 from model_interface.errors import InputRejected, VersionNotFound
 from model_interface.signatures import SamplingSettings, fresh_states, generate_inputs
 from tfserving_standins import SavedModelPredictionService, serve
@@ -45,7 +46,21 @@ def test_generation_through_tfserving_is_the_same_text(client, model_client, ser
     assert len(generate) > 1  # several chunks, each a Predict carrying the state
     spec = generate[-1].model_spec
     assert spec.name == "charlm" and spec.version.value == 1  # pinned to the version the stream started on
-    assert set(generate[-1].output_filter) == {"text", "state", "unknown_chars"}
+    # The batcher asks for every output of generate: the log-probabilities feed `logprobs` and `best_of`.
+    assert set(generate[-1].output_filter) == set(sig.OUTPUTS[sig.GENERATE])
+
+
+def test_logprobs_through_tfserving_are_the_local_ones(client, exported_model):
+    """The prompt's (score) and the generated characters' (generate) log-probabilities over gRPC, output filters
+    and all, equal the local backend's."""
+    from serving_helpers import shared_app
+
+    body = {"model": "charlm", "prompt": "ROMEO:\n", "max_tokens": 20, "seed": 4, "echo": True, "logprobs": 3}
+    remote = client.post("/v1/completions", json=body).get_json()["choices"][0]
+    local = shared_app(exported_model[0]).test_client().post("/v1/completions", json=body).get_json()["choices"][0]
+    assert remote["text"] == local["text"] and remote["logprobs"]["tokens"] == local["logprobs"]["tokens"]
+    assert remote["logprobs"]["token_logprobs"][0] is None
+    assert np.allclose(remote["logprobs"]["token_logprobs"][1:], local["logprobs"]["token_logprobs"][1:], atol=1e-5)
 
 
 def test_models_readyz_score_activations(client, service):
@@ -72,7 +87,7 @@ def test_errors_are_translated(server):
     assert backend.transport._channel is None  # nothing opened until the first call (after gunicorn's fork)
     # model_construct skips SamplingSettings' own check, so the model's check is what answers.
     too_cold = SamplingSettings.model_construct(temperature=-1.0)
-    with pytest.raises(InputRejected, match="temperature must be > 0"):
+    with pytest.raises(InputRejected, match="temperature must be >= 0"):  # 0 is greedy
         backend.call("generate", 1, generate_inputs(["A"], fresh_states(1), [3], [too_cold]))
     with pytest.raises(VersionNotFound):
         backend.call("generate", 99, generate_inputs(["A"], fresh_states(1), [3], [SamplingSettings()]))

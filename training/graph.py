@@ -55,6 +55,7 @@ class CharLMGraph(tf.Module):
         self.shape = shape
         self.cell, self.hidden, self.layers, self.per_layer = shape.cell, shape.hidden_size, shape.num_layers, shape.per_layer
         self.state_size, self.trace_width = shape.state_size, shape.trace_width
+        self.alternatives = min(signatures.MAX_LOGPROBS, shape.vocab_size)  # top characters reported per step
         self.chars = tf.constant(list(vocab))  # (vocab,)
         self.char_ids = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(self.chars, tf.range(shape.vocab_size, dtype=tf.int32)), -1)
@@ -195,11 +196,12 @@ class CharLMGraph(tf.Module):
 
     def consume(self, ids, lengths, parts, position, log_probs=False, collect=False):
         """Run the text through the recurrence; rows stop at their own length. Returns the new parts and
-        position, and on request the log-probability of each character (batch, time) and the per-character
-        states and gates (time, batch, trace_width)."""
+        position, and on request the log-distribution before each character (batch, time, vocab) and the
+        per-character states and gates (time, batch, trace_width)."""
         if self.cell == "lstm":
             batch = tf.shape(ids)[0]
-            empty = lambda: (parts, position, tf.zeros([batch, 0]), tf.zeros([0, batch, self.trace_width]))
+            empty = lambda: (parts, position, tf.zeros([batch, 0, self.shape.vocab_size]),
+                             tf.zeros([0, batch, self.trace_width]))
             parts, position, scores, trace = tf.cond(
                 tf.shape(ids)[1] > 0,
                 lambda: self.consume_sequence(ids, lengths, parts, position, log_probs, collect), empty)
@@ -225,54 +227,58 @@ class CharLMGraph(tf.Module):
             new_parts += [tf.where(started, tf.gather_nd(x, last), h0), tf.where(started, tf.gather_nd(cs, last), c0)]
             states += [x, cs]
             gates.append(tf.concat([gi, gf, gg, go], axis=2))
-        scores = tf.zeros([batch, steps])
+        scores = tf.zeros([batch, steps, self.shape.vocab_size])
         if log_probs:
             top_before = tf.concat([parts[-2][None], x[:-1]], axis=0)  # top h before each character
-            logits = tf.einsum("tbh,hv->tbv", top_before, self.head_kernel) + self.head_bias
-            scores = tf.gather(tf.nn.log_softmax(logits), tf.maximum(tf.transpose(ids), 0), batch_dims=2)
-            scores = tf.where(tf.sequence_mask(lengths, steps), tf.transpose(scores), 0.0)  # (batch, time)
+            logits = tf.einsum("tbh,hv->btv", top_before, self.head_kernel) + self.head_bias
+            scores = tf.nn.log_softmax(logits)  # (batch, time, vocab)
         trace = tf.concat(states + gates, axis=2) if collect else tf.zeros([steps, batch, self.trace_width])
         return new_parts, position + tf.cast(lengths, tf.float32), scores, trace
 
     def consume_by_character(self, ids, lengths, parts, position, collect):
         batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
         # One spare row at the end, so stacking works when the text is empty (size 0 cannot stack).
-        scores = tf.TensorArray(tf.float32, size=steps + 1)
+        scores = tf.TensorArray(tf.float32, size=steps + 1)  # the log-distribution before each character
         trace = tf.TensorArray(tf.float32, size=steps + 1 if collect else 0)
         for t in tf.range(steps):
             active = t < lengths  # (batch,)
             ids_t = tf.maximum(ids[:, t], 0)
-            scores = scores.write(t, tf.gather(tf.nn.log_softmax(self.logits(parts)), ids_t, batch_dims=1))
+            scores = scores.write(t, tf.nn.log_softmax(self.logits(parts)))
             new_parts, gates = self.step(ids_t, parts)
             if collect:
                 trace = trace.write(t, tf.concat(new_parts + gates, axis=1))
             parts = [tf.where(active[:, None], n, o) for n, o in zip(new_parts, parts)]
             position = tf.where(active, position + 1.0, position)
-        scores = scores.write(steps, tf.zeros([batch]))
-        scores = tf.where(tf.sequence_mask(lengths, steps), tf.transpose(scores.stack()[:steps]), 0.0)
+        scores = scores.write(steps, tf.zeros([batch, self.shape.vocab_size]))
+        scores = tf.transpose(scores.stack()[:steps], [1, 0, 2])  # (batch, time, vocab)
         trace = trace.write(steps, tf.zeros([batch, self.trace_width])).stack()[:steps] if collect else None
         return parts, position, scores, trace
 
     # --- the signatures ------------------------------------------------------------------------------
     @tf.function(input_signature=signatures.tensor_specs(signatures.GENERATE))
-    def generate(self, prompt, state, num_chars, temperature, top_k, top_p, seed):
-        sampler.check_settings(num_chars, temperature, top_k, top_p)  # stateful asserts: tf.function runs them
+    def generate(self, prompt, state, num_chars, temperature, top_k, top_p, min_p, logprobs, seed):
+        sampler.check_settings(num_chars, temperature, top_k, top_p, min_p, logprobs)  # tf.function runs asserts
         ids, _, lengths, unknown, parts, position = self.read(prompt, state)
         num_chars = tf.where(tf.strings.length(unknown) == 0, num_chars, 0)  # nor generates anything
-        args = (ids, lengths, parts, position, num_chars, temperature, top_k, top_p, seed)
+        args = (ids, lengths, parts, position, num_chars, temperature, top_k, top_p, min_p, seed)
         # Choose the loop once per call, not per character: conds inside the loop cost every step.
         small = tf.shape(prompt)[0] <= FUSED_CELL_MAX_BATCH
-        filtered = sampler.any_filter(top_k, top_p)
-        generated, parts, position = tf.switch_case(
-            tf.cast(small, tf.int32) * 2 + tf.cast(filtered, tf.int32),
-            [lambda fused=fused, filt=filt: self.prime_and_sample(*args, fused_cell=fused, filtered=filt)
-             for fused in (False, True) for filt in (False, True)])
+        processed = sampler.processing(top_k, top_p, min_p, logprobs)
+        generated, chosen, top_ids, top_log_probs, parts, position = tf.switch_case(
+            tf.cast(small, tf.int32) * 2 + tf.cast(processed, tf.int32),
+            [lambda fused=fused, proc=proc: self.prime_and_sample(*args, fused_cell=fused, processed=proc)
+             for fused in (False, True) for proc in (False, True)])
         chars = tf.gather(self.chars, tf.maximum(generated, 0))
         text = tf.strings.reduce_join(tf.where(generated >= 0, chars, ""), axis=1)
-        return {"text": text, "state": self.pack(parts, position), "unknown_chars": unknown}
+        # Each row's alternatives beyond its own `logprobs` are blanked (-1, 0), so no row's reply depends
+        # on what its batch-mates asked for.
+        wanted = tf.range(self.alternatives)[None, None, :] < logprobs[:, None, None]
+        return {"text": text, "state": self.pack(parts, position), "unknown_chars": unknown,
+                "log_probs": chosen, "top_ids": tf.where(wanted, top_ids, -1),
+                "top_log_probs": tf.where(wanted, top_log_probs, 0.0)}
 
-    def prime_and_sample(self, ids, lengths, parts, position, num_chars, temperature, top_k, top_p, seed,
-                         fused_cell, filtered):
+    def prime_and_sample(self, ids, lengths, parts, position, num_chars, temperature, top_k, top_p, min_p, seed,
+                         fused_cell, processed):
         halves = fused_cell and self.cell == "lstm"
         if halves:
             # A few rows: the prompt too goes character by character on both cores, as generation does.
@@ -286,27 +292,52 @@ class CharLMGraph(tf.Module):
             parts, position, _, _ = self.consume(ids, lengths, parts, position)
             carried = parts
         longest = tf.reduce_max(tf.concat([num_chars, [0]], 0))
-        out = tf.TensorArray(tf.int32, size=longest + 1)  # a spare row: stacking size 0 fails
+        batch, alternatives = tf.shape(num_chars)[0], self.alternatives
+        # A spare row each: stacking size 0 fails.
+        out = tf.TensorArray(tf.int32, size=longest + 1)
+        chosen = tf.TensorArray(tf.float32, size=longest + 1)
+        top_ids = tf.TensorArray(tf.int32, size=longest + 1 if processed else 0)
+        top_log_probs = tf.TensorArray(tf.float32, size=longest + 1 if processed else 0)
         for i in tf.range(longest):
             active = i < num_chars
             top_h = tf.concat(carried[-4:-2], 1) if halves else (carried[-2] if self.cell == "lstm" else carried[-1])
-            next_ids = sampler.next_chars(self.head(top_h), temperature, top_k, top_p, seed, position, filtered)
+            next_ids, log_prob, best_ids, best_log_probs = sampler.next_chars(
+                self.head(top_h), temperature, top_k, top_p, min_p, seed, position, processed, alternatives)
             new = self.step_halves(next_ids, carried) if halves else self.step(next_ids, carried)[0]
             carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
             position = tf.where(active, position + 1.0, position)
             out = out.write(i, tf.where(active, next_ids, -1))
+            chosen = chosen.write(i, tf.where(active, log_prob, 0.0))
+            if processed:
+                top_ids = top_ids.write(i, best_ids)
+                top_log_probs = top_log_probs.write(i, best_log_probs)
         out = out.write(longest, -tf.ones_like(num_chars))
+        chosen = chosen.write(longest, tf.zeros([batch]))
         parts = [tf.concat(carried[k:k + 2], 1) for k in range(0, len(carried), 2)] if halves else carried
-        return tf.transpose(out.stack()), parts, position  # (batch, chars + 1), -1 where none generated
+        generated = tf.transpose(out.stack())  # (batch, chars + 1), -1 where none generated
+        if processed:
+            top_ids = tf.transpose(top_ids.write(longest, tf.fill([batch, alternatives], -1)).stack()[:-1], [1, 0, 2])
+            top_log_probs = tf.transpose(
+                top_log_probs.write(longest, tf.zeros([batch, alternatives])).stack()[:-1], [1, 0, 2])
+        else:
+            top_ids, top_log_probs = tf.fill([batch, longest, alternatives], -1), tf.zeros([batch, longest, alternatives])
+        done = generated[:, :-1] >= 0  # (batch, chars)
+        return (generated, tf.transpose(chosen.stack())[:, :-1], tf.where(done[..., None], top_ids, -1),
+                tf.where(done[..., None], top_log_probs, 0.0), parts, position)
 
     @tf.function(input_signature=signatures.tensor_specs(signatures.SCORE))
     def score(self, text, state):
         ids, lengths, read_lengths, unknown, parts, position = self.read(text, state)
-        parts, position, log_probs, _ = self.consume(ids, read_lengths, parts, position, log_probs=True)
+        parts, position, dist, _ = self.consume(ids, read_lengths, parts, position, log_probs=True)
+        read = tf.sequence_mask(read_lengths, tf.shape(ids)[1])  # (batch, time)
+        log_probs = tf.where(read, tf.gather(dist, tf.maximum(ids, 0), batch_dims=2), 0.0)
+        top_log_probs, top_ids = tf.math.top_k(dist, k=self.alternatives)  # (batch, time, alternatives)
         counted = tf.maximum(read_lengths, 1)
         bits = -tf.reduce_sum(log_probs, axis=1) / tf.cast(counted, tf.float32) / float(np.log(2.0))
         return {"log_probs": log_probs, "lengths": lengths, "bits_per_char": bits,
-                "state": self.pack(parts, position), "unknown_chars": unknown}
+                "state": self.pack(parts, position), "unknown_chars": unknown,
+                "top_ids": tf.where(read[..., None], top_ids, -1),
+                "top_log_probs": tf.where(read[..., None], top_log_probs, 0.0)}
 
     @tf.function(input_signature=signatures.tensor_specs(signatures.ACTIVATIONS))
     def activations(self, text, state):

@@ -25,7 +25,7 @@ CHUNK = 256  # then larger calls: fewer round trips, same text (the state carrie
 
 def sampling_settings(args) -> SamplingSettings:
     """The flags as SamplingSettings; a value out of bounds names its flag."""
-    values = {name: getattr(args, name) for name in SamplingSettings.model_fields}
+    values = {name: getattr(args, name) for name in SamplingSettings.model_fields if hasattr(args, name)}
     try:
         return SamplingSettings(**values)
     except ValidationError as e:
@@ -54,9 +54,11 @@ def main(argv=None, out=None) -> int:
     parser.add_argument("--prime", default="", help="text to start from; it is printed, then continued")
     parser.add_argument("--length", type=int, default=1000, help="characters to generate")
     parser.add_argument("--temperature", type=float, default=1.0, help=f"{bounds('temperature')}; lower is more "
-                        "conservative")
+                        "conservative; 0 is greedy (the likeliest character each time)")
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest characters (0 = off)")
     parser.add_argument("--top-p", type=float, default=1.0, help=f"nucleus sampling mass, {bounds('top_p')}")
+    parser.add_argument("--min-p", type=float, default=0.0, help="keep characters at least this fraction as likely "
+                        f"as the likeliest, {bounds('min_p')} (0 = off)")
     parser.add_argument("--seed", type=int, help="same seed, same text (default: random, printed to stderr)")
     args = parser.parse_args(argv)
     if args.seed is None:

@@ -4,35 +4,38 @@ Used by the exported graph (training/graph.py) for every `generate` call, and so
 each training epoch, which runs the same graph: one sampler, one random stream, the same text for the same
 seed wherever it runs.
 
-Order: temperature, then top-k, then top-p, then inverse-CDF sampling with one uniform number per row per
-character: splitmix64's output number `position` for the stream `seed`. A row's draws never depend on its
-batch-mates, and a continued stream draws what one long call would have drawn.
+Order (vLLM's): temperature, then top-k, then top-p, then min-p, then inverse-CDF sampling with one uniform
+number per row per character: splitmix64's output number `position` for the stream `seed`. A row's draws never
+depend on its batch-mates, and a continued stream draws what one long call would have drawn. Temperature 0 is
+greedy: the likeliest character, no draw. Log-probabilities are reported from the model's own distribution
+(before temperature and filters, as vLLM's default `raw_logprobs` and OpenAI's API report them).
 """
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from model_interface.signatures import MAX_CHARS_PER_CALL, MAX_TEMPERATURE, MAX_TOP_K
+from model_interface.signatures import MAX_CHARS_PER_CALL, MAX_LOGPROBS, MAX_TEMPERATURE, MAX_TOP_K
 
 GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
 
 
-def check_settings(num_chars, temperature, top_k, top_p) -> list:
+def check_settings(num_chars, temperature, top_k, top_p, min_p, logprobs) -> None:
     """The assertions a `generate` call must pass: TF Serving returns their message as INVALID_ARGUMENT, and
     the gateway shows it, so each names the input and its bounds (model_interface.signatures')."""
-    return [
-        tf.debugging.assert_positive(temperature, message="temperature must be > 0"),
-        tf.debugging.assert_less_equal(temperature, MAX_TEMPERATURE,
-                                       message=f"temperature must be <= {MAX_TEMPERATURE:g}"),
-        tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = off)"),
-        tf.debugging.assert_less_equal(top_k, MAX_TOP_K, message=f"top_k must be <= {MAX_TOP_K}"),
-        tf.debugging.assert_positive(top_p, message="top_p must be in (0, 1]"),
-        tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
-        tf.debugging.assert_non_negative(num_chars, message="num_chars must be >= 0"),
-        tf.debugging.assert_less_equal(num_chars, MAX_CHARS_PER_CALL,
-                                       message=f"num_chars must be <= {MAX_CHARS_PER_CALL} per call"),
-    ]
+    tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0 (0 = greedy)")
+    tf.debugging.assert_less_equal(temperature, MAX_TEMPERATURE, message=f"temperature must be <= {MAX_TEMPERATURE:g}")
+    tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = off)")
+    tf.debugging.assert_less_equal(top_k, MAX_TOP_K, message=f"top_k must be <= {MAX_TOP_K}")
+    tf.debugging.assert_positive(top_p, message="top_p must be in (0, 1]")
+    tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]")
+    tf.debugging.assert_non_negative(min_p, message="min_p must be in [0, 1]")
+    tf.debugging.assert_less_equal(min_p, 1.0, message="min_p must be in [0, 1]")
+    tf.debugging.assert_non_negative(logprobs, message=f"logprobs must be in [0, {MAX_LOGPROBS}]")
+    tf.debugging.assert_less_equal(logprobs, MAX_LOGPROBS, message=f"logprobs must be in [0, {MAX_LOGPROBS}]")
+    tf.debugging.assert_non_negative(num_chars, message="num_chars must be >= 0")
+    tf.debugging.assert_less_equal(num_chars, MAX_CHARS_PER_CALL,
+                                   message=f"num_chars must be <= {MAX_CHARS_PER_CALL} per call")
 
 
 def mix(x):
@@ -61,8 +64,9 @@ def draw(logits, seed, position):
     return tf.minimum(tf.reduce_sum(below, axis=1), vocab_size - 1)
 
 
-def top_k_top_p(logits, top_k, top_p):
-    """Leave the k likeliest characters, then the likeliest whose mass reaches p; the rest -inf."""
+def filtered(logits, top_k, top_p, min_p):
+    """Leave the k likeliest characters, then the likeliest whose mass reaches p, then those at least min_p
+    times as likely as the likeliest; the rest -inf. The likeliest character always stays."""
     vocab_size = tf.shape(logits)[1]
     ranked = tf.sort(logits, direction="DESCENDING")  # (batch, vocab)
     kth = tf.gather(ranked, tf.clip_by_value(top_k - 1, 0, vocab_size - 1), batch_dims=1)
@@ -70,18 +74,31 @@ def top_k_top_p(logits, top_k, top_p):
     probs = tf.nn.softmax(tf.where(ranked >= floor[:, None], ranked, -np.inf))
     before = tf.cumsum(probs, axis=1, exclusive=True)  # mass of the better-ranked characters
     nucleus = tf.reduce_min(tf.where(before < top_p[:, None], ranked, np.inf), axis=1)
-    floor = tf.maximum(floor, nucleus)
+    # Only rows that ask: at p = 1 rounding could cut a negligible tail, and a row's text must not depend on
+    # whether it (or a batch-mate) asked for log-probabilities.
+    nucleus = tf.where(top_p < 1.0, nucleus, -np.inf)
+    relative = ranked[:, 0] + tf.math.log(min_p)  # p / p_max >= min_p; log(0) = -inf keeps everything
+    floor = tf.maximum(tf.maximum(floor, nucleus), relative)
     return tf.where(logits >= floor[:, None], logits, -np.inf)
 
 
-def any_filter(top_k, top_p):
-    """Whether any row filters: the sort costs every step, so rows that do not filter skip it."""
-    return tf.reduce_any(top_k > 0) | tf.reduce_any(top_p < 1.0)
+def processing(top_k, top_p, min_p, logprobs):
+    """Whether any row filters or wants alternatives: the sort costs every step, so calls without either skip it."""
+    return tf.reduce_any(top_k > 0) | tf.reduce_any(top_p < 1.0) | tf.reduce_any(min_p > 0) | tf.reduce_any(logprobs > 0)
 
 
-def next_chars(logits, temperature, top_k, top_p, seed, position, filtered: bool):
-    """The next character of every row: (batch, vocab) logits -> (batch,) ids."""
-    logits = logits / temperature[:, None]
-    if filtered:
-        logits = top_k_top_p(logits, top_k, top_p)
-    return draw(logits, seed, position)
+def next_chars(logits, temperature, top_k, top_p, min_p, seed, position, processed: bool, alternatives: int):
+    """The next character of every row, its log-probability and (when processed) the `alternatives` likeliest
+    characters with theirs: (batch, vocab) logits -> ids (batch,), log_prob (batch,), top ids and log-probs
+    (batch, alternatives), or None."""
+    raw = tf.nn.log_softmax(logits)  # the model's own distribution: what log-probabilities report
+    greedy = tf.argmax(logits, axis=1, output_type=tf.int32)
+    scaled = logits / tf.where(temperature > 0, temperature, 1.0)[:, None]
+    if processed:
+        scaled = filtered(scaled, top_k, top_p, min_p)
+    ids = tf.where(temperature > 0, draw(scaled, seed, position), greedy)
+    chosen = tf.gather(raw, ids, batch_dims=1)
+    if not processed:
+        return ids, chosen, None, None
+    top_log_probs, top_ids = tf.math.top_k(raw, k=alternatives)
+    return ids, chosen, top_ids, top_log_probs
