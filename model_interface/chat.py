@@ -64,6 +64,8 @@ class ChatTemplate:
             return template.render(messages=messages, add_generation_prompt=add_generation_prompt)
         except TemplateError as e:
             raise ChatTemplateError(f"the chat template failed: {e}") from None
+        except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as e:  # the template's own code
+            raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None
 
     def check_vocabulary(self, vocab) -> None:
         """Every character the template itself writes (speaker names, colons, newlines) must be in the

@@ -32,7 +32,8 @@ def test_a_template_needing_characters_outside_the_vocabulary_is_refused():
     ChatTemplate.layout("plain").check_vocabulary("ab\n")
 
 
-@pytest.mark.parametrize("source", ["{% for m in messages %}{{ m.content }", "{{ ''.__class__.__mro__ }}"])
+@pytest.mark.parametrize("source", ["{% for m in messages %}{{ m.content }", "{{ ''.__class__.__mro__ }}",
+                                    "{{ 1 // 0 }}", "{{ messages[0].content + 1 }}"])
 def test_broken_or_unsafe_templates_fail_cleanly(source):
     with pytest.raises(ChatTemplateError, match="the chat template failed"):
         ChatTemplate(source).render(MESSAGES)
