@@ -1,5 +1,9 @@
-"""API keys: when CHARLM_API_KEYS is set, every /v1/ route needs `Authorization: Bearer <key>` (what
-OpenAI's clients send from api_key). Probes, metrics, the API description and the playground page stay open."""
+"""API keys: when CHARLM_API_KEYS is set, every route that computes needs `Authorization: Bearer <key>` (what
+OpenAI's clients send from api_key): the /v1/ API, /tokenize and /detokenize, the visualisation page's
+/visualize/features, and any route added later, because the open routes are a list and everything else is
+protected. Open: the probes and metrics (the kubelet and Prometheus send no key), the API description, the two
+pages and their static files (the pages send the key their API key field holds with each call they make), and a
+CORS preflight, which serving/cors.py answers before this check (browsers send no Authorization on it)."""
 from __future__ import annotations
 
 import hmac
@@ -8,7 +12,13 @@ from flask import Flask, request
 
 from serving.errors import APIError
 
-PROTECTED_PREFIX = "/v1/"
+# Computing nothing a client can make expensive, and needed by what cannot send a key.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/visualize"})
+OPEN_PREFIXES = ("/static/",)
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def init_app(app: Flask, settings) -> None:
@@ -18,7 +28,7 @@ def init_app(app: Flask, settings) -> None:
 
     @app.before_request
     def require_key():
-        if not request.path.startswith(PROTECTED_PREFIX):
+        if is_open(request.path):
             return None
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         given = given.strip().encode()

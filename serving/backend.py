@@ -104,5 +104,11 @@ class Backend:
 
         threading.Thread(target=run, name="charlm-model-refresh", daemon=True).start()
 
+    def refresh_soon(self) -> None:
+        """The served version is gone (TF Serving unloaded it for a newer one): look for what replaced it now, in
+        the background, rather than at the next poll, so new requests do not fail meanwhile."""
+        self._last_refresh = float("-inf")
+        self.maybe_refresh()
+
     def close(self) -> None:
         pass

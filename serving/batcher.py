@@ -7,6 +7,18 @@ Chunk sizes: a stream's first call generates `first_chunk` characters and each l
 wants: a newcomer's first characters are not held behind other streams' long chunks. Prompts are fed
 `prompt_chunk` characters per call for the same reason. Sampling is keyed by (seed, position in the state),
 so none of this changes a seeded stream's text.
+
+Admission: a worker runs at most `max_streams` streams. A request that finds too few slots waits in a queue, first
+come first served, of at most `max_queued` requests, for at most `max_queue_wait_s` (a Condition: woken when a slot
+frees, never polling; a request given a way to see its client gone looks every `disconnect_check_s`), then is
+refused (TooManyStreams); a full queue refuses at once (AdmissionQueueFull). A slot is freed the moment its
+stream ends or is cancelled (its client went away, a stop string), not at the batcher's next call, so a waiter is
+admitted at once; a cancelled stream still in the call in flight is dropped before the next one.
+
+Shutdown (`shutdown`, from gunicorn's SIGTERM: serving/gunicorn.conf.py): nothing new is admitted and the queue is
+emptied (ShuttingDown); streams running then go on, and those still running after the grace period end with a
+ShuttingDown failure, which a streamed reply sends as its error event, before gunicorn's graceful_timeout kills
+the worker.
 """
 from __future__ import annotations
 
@@ -14,7 +26,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from flask import Flask, current_app
@@ -22,7 +36,7 @@ from flask import Flask, current_app
 from model_interface import signatures as sig
 from model_interface.errors import InputRejected, ModelInterfaceError, ModelUnavailable
 from model_interface.signatures import SamplingSettings
-from serving.errors import TooManyStreams
+from serving.errors import AdmissionQueueFull, ClientGone, ShuttingDown, TooManyStreams
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +51,25 @@ class Stream:
     version: int  # the model version its state belongs to
     state_size: int  # that version's state width
     sink: queue.SimpleQueue = field(repr=False)
-    cancelled: bool = False  # set by the request's thread; read before every call
     generating_calls: int = 0
     admitted_at: float | None = None  # set by submit, cleared at its first call (the queue time metric)
+    _cancelled: bool = field(default=False, init=False, repr=False)
+    _batcher: "Batcher | None" = field(default=None, init=False, repr=False)  # the one that admitted it
+    _holds_slot: bool = field(default=False, init=False, repr=False)  # admitted, not yet finished or cancelled
+
+    @property
+    def cancelled(self) -> bool:
+        """Set (by the request's thread, the disconnect watcher, a stop string) when nobody wants the rest: its
+        slot frees at once, and the batcher drops it before its next call. Never unset."""
+        return self._cancelled
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        if not value or self._cancelled:
+            return
+        self._cancelled = True
+        if self._batcher is not None:
+            self._batcher._release(self, cancelled=True)
 
 
 @dataclass
@@ -70,37 +100,158 @@ class Failed:
 class Batcher:
     def __init__(self, backend, settings, metrics):
         self.backend, self.settings, self.metrics = backend, settings, metrics
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)  # the batching thread's: streams were admitted
+        self._room = threading.Condition(self._lock)  # the waiting requests': a slot freed, the queue moved, shutdown
         self._pending: list[Stream] = []
         self._active: list[Stream] = []
+        self._in_call: list[Stream] = []  # the rows of the backend call in flight
+        self._held = 0  # slots held: streams admitted and neither finished nor cancelled
+        self._waiting: deque[object] = deque()  # one ticket per waiting request, in arrival order
+        self._draining = False
+        self._deadline: float | None = None  # when shutdown ends the streams still running (perf_counter)
         self._thread: threading.Thread | None = None
 
-    def submit(self, streams: list[Stream]) -> None:
-        with self._cond:
-            if self._count() + len(streams) > self.settings.max_streams:
-                raise TooManyStreams(f"{self._count()} streams are running; this worker takes at most "
-                                     f"{self.settings.max_streams}", self.settings.retry_after_s)
-            admitted = time.perf_counter()
-            for stream in streams:
-                stream.admitted_at = admitted
-            self._pending.extend(streams)
-            if self._thread is None:  # started on first use: in a gunicorn worker that is after the fork
-                self._thread = threading.Thread(target=self._run, name="charlm-batcher", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-            self._update_gauges(0)
+    def submit(self, streams: list[Stream], gone: Callable[[], bool] | None = None) -> None:
+        """Admit `streams` (one request's) now, or once slots free for them all: first come first served, waiting
+        at most max_queue_wait_s in a queue of at most max_queued requests. Raises TooManyStreams (the wait
+        ran out, or there is no queue), AdmissionQueueFull (at once), ShuttingDown, or ClientGone when `gone()`
+        (looked at every disconnect_check_s) says the client left while it waited."""
+        settings, need = self.settings, len(streams)
+        started = time.perf_counter()
+        with self._lock:
+            if self._draining:
+                self._observe_wait("shutdown", started)
+                raise self._shutting_down("admits no new requests")
+            if need > settings.max_streams:  # (the routes refuse these with a 400 first)
+                raise TooManyStreams(f"{need} streams are more than this worker takes ({settings.max_streams})",
+                                     settings.retry_after_s)
+            if not self._waiting and self._held + need <= settings.max_streams:
+                self._admit(streams)
+                self._observe_wait("admitted", started)
+                return
+            if not settings.max_queued or not settings.max_queue_wait_s:
+                self._observe_wait("queue_full", started)
+                raise TooManyStreams(f"{self._held} streams are running; this worker takes at most "
+                                     f"{settings.max_streams}", settings.retry_after_s)
+            if len(self._waiting) >= settings.max_queued:
+                self._observe_wait("queue_full", started)
+                raise AdmissionQueueFull(f"{self._held} streams are running and {len(self._waiting)} requests are "
+                                         f"waiting, as many as this worker queues", settings.retry_after_s)
+            ticket = object()
+            self._waiting.append(ticket)
+            self.metrics.admission_queue_depth.set(len(self._waiting))
+            outcome = "timeout"
+            try:
+                deadline = started + settings.max_queue_wait_s
+                while True:
+                    if self._draining:
+                        outcome = "shutdown"
+                        raise self._shutting_down("admits no new requests")
+                    if self._waiting[0] is ticket and self._held + need <= settings.max_streams:
+                        self._admit(streams)
+                        outcome = "admitted"
+                        return
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        raise TooManyStreams(f"{self._held} streams are running (at most {settings.max_streams}) "
+                                             f"and no slot freed for {settings.max_queue_wait_s:g} s",
+                                             settings.retry_after_s)
+                    if gone is not None:
+                        if gone():
+                            outcome = "gone"
+                            raise ClientGone("the client left while its request waited for stream slots")
+                        left = min(left, settings.disconnect_check_s)
+                    self._room.wait(left)
+            finally:
+                self._waiting.remove(ticket)
+                self._room.notify_all()  # the next in line may be at the head now
+                self.metrics.admission_queue_depth.set(len(self._waiting))
+                self._observe_wait(outcome, started)
+
+    def _observe_wait(self, outcome: str, started: float) -> None:
+        self.metrics.admission_wait.labels(outcome).observe(time.perf_counter() - started)
+
+    def _admit(self, streams: list[Stream]) -> None:
+        admitted = time.perf_counter()
+        for stream in streams:
+            stream.admitted_at = admitted
+            stream._batcher, stream._holds_slot = self, True
+        self._held += len(streams)
+        self._pending.extend(streams)
+        if self._thread is None:  # started on first use: in a gunicorn worker that is after the fork
+            self._thread = threading.Thread(target=self._run, name="charlm-batcher", daemon=True)
+            self._thread.start()
+        self._cond.notify()
+        self._update_gauges()
+
+    def _release(self, stream: Stream, cancelled: bool = False) -> None:
+        """`stream` no longer holds its slot (it finished, failed or was cancelled): a waiting request may take it."""
+        with self._lock:
+            if not stream._holds_slot:
+                return
+            stream._holds_slot = False
+            self._held -= 1
+            if cancelled:
+                self.metrics.cancelled.inc()
+            self._update_gauges()
+            self._room.notify_all()
 
     def count(self) -> int:
-        """Streams admitted and not yet finished or dropped."""
-        with self._cond:
-            return self._count()
+        """Streams admitted and not yet finished or cancelled: the slots taken."""
+        with self._lock:
+            return self._held
 
-    def _count(self) -> int:
-        return len(self._pending) + len(self._active)
+    def waiting(self) -> int:
+        """Requests waiting for slots."""
+        with self._lock:
+            return len(self._waiting)
 
-    def _update_gauges(self, in_call: int) -> None:
-        self.metrics.active_streams.set(self._count())
-        self.metrics.queue_depth.set(self._count() - in_call)
+    @property
+    def draining(self) -> bool:
+        """Shutting down: no new request is admitted."""
+        return self._draining
+
+    def _update_gauges(self) -> None:
+        self.metrics.active_streams.set(self._held)
+        self.metrics.queue_depth.set(self._held - sum(1 for s in self._in_call if s._holds_slot))
+
+    def shutdown(self, grace_s: float) -> None:
+        """Stop admitting (waiting requests are refused now), and end the streams still running after `grace_s`
+        with a ShuttingDown failure. Called again with a shorter grace (gunicorn's quick shutdown after a
+        SIGTERM), the earlier deadline holds."""
+        with self._lock:
+            deadline = time.perf_counter() + max(grace_s, 0)
+            first = not self._draining
+            self._draining = True
+            self._room.notify_all()
+            if self._deadline is not None and self._deadline <= deadline:
+                return
+            self._deadline = deadline
+            running = self._held
+        if first:
+            log.info("shutting down: %d streams running get %.1f s to finish, then end with an error event",
+                     running, grace_s)
+        timer = threading.Timer(max(grace_s, 0), self._end_running)
+        timer.daemon = True
+        timer.name = "charlm-shutdown"
+        timer.start()
+
+    def _end_running(self) -> None:
+        """The grace period is over: every stream still running fails with ShuttingDown (its request's thread
+        wakes on it at once, whatever the batching thread is doing); the batcher drops them before its next call."""
+        with self._lock:
+            ending = [s for s in self._pending + self._active if s._holds_slot]
+            error = self._shutting_down("ended this stream: it ran past the shutdown grace period "
+                                        f"(CHARLM_SHUTDOWN_GRACE_S)") if ending else None
+            for stream in ending:
+                stream._cancelled = True  # dropped before the next call (not counted as a client gone)
+                self._end(stream, Failed(stream.index, error))
+        if ending:
+            log.warning("shutting down: ended %d streams still running", len(ending))
+
+    def _shutting_down(self, what: str) -> ShuttingDown:
+        return ShuttingDown(f"the server is shutting down and {what}; retry", self.settings.retry_after_s)
 
     def _run(self) -> None:
         while True:
@@ -110,12 +261,14 @@ class Batcher:
                 self._active.extend(self._pending)
                 self._pending.clear()
                 live = [s for s in self._active if not s.cancelled]
-                if len(live) < len(self._active):
-                    self.metrics.cancelled.inc(len(self._active) - len(live))
+                for stream in self._active:
+                    if stream.cancelled:
+                        self._release(stream, cancelled=True)  # (freed when cancelled already: only in case)
                 self._active = live
                 # One version per call; rows over max_batch, or of another version, go in the next call.
                 rows = [s for s in live if s.version == live[0].version][: self.settings.max_batch] if live else []
-                self._update_gauges(len(rows))
+                self._in_call = rows
+                self._update_gauges()
             if not rows:
                 continue
             self._end_queue_time(rows)
@@ -125,13 +278,20 @@ class Batcher:
                 log.exception("batcher step failed")
                 error = ModelUnavailable(f"internal error while generating: {type(e).__name__}")
                 for stream in rows:
-                    stream.sink.put(Failed(stream.index, error))
+                    self._end(stream, Failed(stream.index, error))
                 finished = set(rows)
             with self._cond:
                 # Rows just advanced go to the back: fair turns when there are more rows than one call takes.
                 kept = [s for s in self._active if s not in finished]
                 self._active = [s for s in kept if s not in rows] + [s for s in kept if s in rows]
-                self._update_gauges(0)
+                self._in_call = []
+                self._update_gauges()
+
+    def _end(self, stream: Stream, event: "Done | Failed") -> None:
+        """A stream's last event. Its slot frees first: the request that reads the event, and cancels its streams as
+        it ends, must not find it still held (that would count as a client gone)."""
+        self._release(stream)
+        stream.sink.put(event)
 
     def _end_queue_time(self, rows: list[Stream]) -> None:
         """A stream's queue time: from its admission to the start of its first backend call."""
@@ -161,7 +321,7 @@ class Batcher:
             outputs = self.backend.call(sig.GENERATE, rows[0].version, inputs, sig.OUTPUTS[sig.GENERATE])
         except ModelInterfaceError as e:
             for stream in rows:
-                stream.sink.put(Failed(stream.index, e))
+                self._end(stream, Failed(stream.index, e))
             return set(rows)
         finally:
             self.metrics.backend_seconds.labels(sig.GENERATE).observe(time.perf_counter() - started)
@@ -174,7 +334,7 @@ class Batcher:
             if unknown or len(text) != num_chars[i]:
                 problem = (f"the prompt has characters outside the model's vocabulary: {list(unknown)}" if unknown
                            else f"the model generated {len(text)} characters instead of {num_chars[i]}")
-                stream.sink.put(Failed(stream.index, InputRejected(problem)))
+                self._end(stream, Failed(stream.index, InputRejected(problem)))
                 finished.add(stream)
                 continue
             stream.state = outputs["state"][i].copy()
@@ -186,7 +346,7 @@ class Batcher:
             if text and not stream.cancelled:
                 stream.sink.put(chunk_of(outputs, i, stream, text))
             if not stream.prompt and stream.remaining <= 0:
-                stream.sink.put(Done(stream.index, stream.state))
+                self._end(stream, Done(stream.index, stream.state))
                 finished.add(stream)
         self.metrics.chars.inc(generated)
         return finished
@@ -210,3 +370,16 @@ def init_app(app: Flask, settings) -> None:
 
 def current_batcher() -> Batcher:
     return current_app.extensions["charlm.batcher"]
+
+
+def begin_shutdown(app, longest_s: float) -> None:
+    """Drain `app`'s batcher (gunicorn.conf.py's hooks call this on SIGTERM and SIGINT/SIGQUIT): running streams
+    get CHARLM_SHUTDOWN_GRACE_S, at most `longest_s`. Safe in a signal handler: the work is done in a new thread,
+    so the interrupted thread's locks are never wanted."""
+    extensions = getattr(app, "extensions", None) or {}
+    batcher = extensions.get("charlm.batcher")
+    if batcher is None:
+        log.warning("shutting down: no batcher found on %r", app)
+        return
+    grace = max(min(batcher.settings.shutdown_grace_s, longest_s), 0)
+    threading.Thread(target=batcher.shutdown, args=(grace,), name="charlm-drain", daemon=True).start()

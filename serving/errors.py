@@ -43,6 +43,22 @@ class TooManyStreams(GatewayError):
         self.retry_after_s = retry_after_s
 
 
+class AdmissionQueueFull(TooManyStreams):
+    """Every stream slot is taken and the admission queue holds as many waiting requests as it takes."""
+
+
+class ClientGone(GatewayError):
+    """The client hung up before its request was answered (one waiting for admission, say): nobody reads the reply."""
+
+
+class ShuttingDown(GatewayError):
+    """The worker is stopping (SIGTERM): it admits nothing new, and ends the streams still running at its deadline."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class GenerationStalled(GatewayError):
     """A stream received nothing for too long."""
 
@@ -69,7 +85,10 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_val
 # other failures (a version whose metadata cannot be read is as unusable as one that is not there).
 STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
     (UnknownModel, 404, "model_not_found"),
+    (AdmissionQueueFull, 429, "queue_full"),
     (TooManyStreams, 429, "too_many_streams"),
+    (ShuttingDown, 503, "server_shutting_down"),
+    (ClientGone, 499, "client_closed_request"),
     (GenerationStalled, 504, "generation_stalled"),
     (InputRejected, 400, "invalid_value"),
     (VersionNotFound, 503, "version_unloaded"),
@@ -77,6 +96,11 @@ STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
     (DeadlineExceeded, 504, "backend_timeout"),
     (ModelInterfaceError, 503, "backend_unavailable"),
 )
+
+
+# The Retry-After of a 503 backend_unavailable: the gRPC channel tries to reconnect to a TF Serving that went away at
+# least every 2 s (model_interface.client.CHANNEL_OPTIONS), so a retry after that finds a restarted one.
+BACKEND_RETRY_AFTER_S = 2
 
 
 def as_api_error(error: Exception) -> APIError | None:
@@ -93,6 +117,10 @@ def as_api_error(error: Exception) -> APIError | None:
     if isinstance(error, TooManyStreams):
         return APIError(status, f"too many concurrent streams: {error}; retry shortly", code=code,
                         headers={"Retry-After": str(error.retry_after_s)})
+    if isinstance(error, ShuttingDown):  # another replica (or this one, restarted) takes the retry
+        return APIError(status, str(error), code=code, headers={"Retry-After": str(error.retry_after_s)})
+    if code == "backend_unavailable":  # TF Serving down or no version yet: worth retrying once it is back
+        return APIError(status, str(error), code=code, headers={"Retry-After": str(BACKEND_RETRY_AFTER_S)})
     return APIError(status, str(error), code=code)
 
 

@@ -8,10 +8,10 @@ import logging
 import queue
 import secrets
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from flask import Response, g
+from flask import Response, g, has_request_context, request
 
 from model_interface.signatures import SamplingSettings
 from serving.backend import ServedModel
@@ -31,6 +31,19 @@ def check_vocabulary(model: ServedModel, text: str, param: str) -> None:
         shown = ", ".join(repr(c) for c in unknown[:20]) + (", ..." if len(unknown) > 20 else "")
         raise bad_request(f"{param} has characters outside the model's vocabulary: {shown}", param,
                           code="unknown_characters")
+
+
+def client_gone_check() -> Callable[[], bool] | None:
+    """How a request waiting for admission sees its client leave: a look at the client's socket
+    (serving/disconnect.py's, which reads nothing from it), when the WSGI server gives one; None otherwise."""
+    if not has_request_context():
+        return None
+    from serving import disconnect  # here, not at the top: disconnect imports this module
+
+    sock = disconnect.client_socket(request.environ)
+    if sock is None:
+        return None
+    return lambda: disconnect.client_gone(sock)
 
 
 class RequestStreams:
@@ -53,13 +66,14 @@ class RequestStreams:
                sampling: Sequence[SamplingSettings], endpoint: str, settings, metrics,
                states: Sequence[np.ndarray | None] | None = None) -> "RequestStreams":
         """Stream i consumes prompts[i] (after states[i]; None: a fresh text), then generates max_chars
-        characters with sampling[i]. TooManyStreams if the worker has no room for them all."""
+        characters with sampling[i]. Waits for slots in the batcher's admission queue (leaving it if the client
+        hangs up meanwhile); TooManyStreams, AdmissionQueueFull or ShuttingDown if the worker does not take them."""
         sink = queue.SimpleQueue()
         states = states if states is not None else [None] * len(prompts)
         streams = [Stream(index=i, prompt=prompt, state=state, remaining=max_chars, sampling=row_sampling,
                           version=model.version, state_size=model.state_size, sink=sink)
                    for i, (prompt, state, row_sampling) in enumerate(zip(prompts, states, sampling, strict=True))]
-        batcher.submit(streams)
+        batcher.submit(streams, gone=client_gone_check())
         generation = cls(streams, sink, endpoint, settings, metrics)
         generation.record.admitted(sum(len(p) for p in prompts))  # (the batcher is eating the streams' own)
         return generation

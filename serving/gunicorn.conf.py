@@ -19,14 +19,21 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # the batch; on a small machine one worker uses every core through TensorFlow's own threads.
 worker_class = "gthread"
 workers = int(_os.environ.get("WEB_CONCURRENCY", "1"))
-# One thread per admitted stream (CHARLM_MAX_STREAMS) plus headroom for probes, metrics and short calls.
-threads = int(_os.environ.get("CHARLM_MAX_STREAMS", "64")) + 16
+# A thread per admitted stream (CHARLM_MAX_STREAMS) and per request waiting in the admission queue
+# (CHARLM_MAX_QUEUED; serving/settings.py has both defaults), plus 8 for probes, metrics and short calls. Past them
+# gthread would queue connections unseen, behind the gateway's own queue and its answers.
+threads = int(_os.environ.get("CHARLM_MAX_STREAMS", "64")) + int(_os.environ.get("CHARLM_MAX_QUEUED", "8")) + 8
 
 # gthread's main loop heartbeats whatever its threads are doing, so a long stream never makes a worker look
 # silent; this timeout bounds the worker's start (loading the model) and a wedged main loop.
 timeout = 120
-# On SIGTERM/HUP, streams in flight get this long to finish (the longest allowed stream takes seconds).
+# On SIGTERM the master closes its listening socket and tells each worker; a gthread worker stops accepting and
+# waits up to this long for its connections to end (kept-alive idle ones linger 2 s at most), then exits; the
+# master SIGKILLs any worker still there at this timeout. The gateway ends its streams before that (post_worker_init).
 graceful_timeout = 30
+# Streams still running CHARLM_SHUTDOWN_GRACE_S after SIGTERM end with an error event; at most this much earlier
+# than graceful_timeout, so their connections close and the worker exits before the master's SIGKILL.
+_SHUTDOWN_MARGIN_S = 5
 keepalive = 5
 # Never load the app in the master: TensorFlow's thread pools and gRPC channels do not survive a fork.
 # Each worker calls create_app() itself, after the fork.
@@ -52,6 +59,34 @@ def on_starting(server):
     directory = _os.environ["PROMETHEUS_MULTIPROC_DIR"]
     for name in _os.listdir(directory):
         _os.remove(_os.path.join(directory, name))
+
+
+def post_worker_init(worker):
+    """gthread's SIGTERM handler (ThreadWorker.handle_exit) only clears worker.alive and wakes its loop, which then
+    stops accepting and waits graceful_timeout for the requests in flight: no hook runs in the worker. Chain ours
+    after it, so the gateway drains: it admits nothing new and ends streams that would outlast the wait with an
+    error event instead of having them cut by the kill."""
+    import signal
+
+    from serving.batcher import begin_shutdown
+
+    app, longest = worker.wsgi, max(worker.cfg.graceful_timeout - _SHUTDOWN_MARGIN_S, 0)
+    gunicorns = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        if callable(gunicorns):
+            gunicorns(signum, frame)
+        begin_shutdown(app, longest)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def worker_int(worker):
+    # SIGINT/SIGQUIT: gunicorn's quick shutdown (the worker exits 0.1 s after this, the master kills it 2 s later).
+    # Streams end with an error event now rather than being cut.
+    from serving.batcher import begin_shutdown
+
+    begin_shutdown(getattr(worker, "wsgi", None), 0)  # (None while the worker still loads the app)
 
 
 def child_exit(server, worker):

@@ -58,6 +58,15 @@ class Metrics:
             ["model_name", "endpoint"], buckets=PER_CHAR_BUCKETS, registry=r), m)
         self.queue_depth = Gauge("charlm_queue_depth", "Admitted streams not in the current backend call",
                                  ["model_name"], registry=r, multiprocess_mode="livesum").labels(m)
+        # Admission (serving/batcher.py): requests waiting for stream slots past CHARLM_MAX_STREAMS, and how each
+        # request's wait for its slots ended (0 for one admitted at once).
+        self.admission_queue_depth = Gauge(
+            "charlm_admission_queue_depth", "Requests waiting for stream slots (per worker, summed)", ["model_name"],
+            registry=r, multiprocess_mode="livesum").labels(m)
+        self.admission_wait = _ModelLabelled(Histogram(
+            "charlm_admission_wait_seconds", "A request's wait for stream slots, by outcome: admitted, queue_full, "
+            "timeout, gone (its client left), shutdown", ["model_name", "outcome"], buckets=QUEUE_BUCKETS,
+            registry=r), m)
         self.batch_size = Histogram("charlm_batch_size", "Streams advanced by one backend call", ["model_name"],
                                     buckets=BATCH_BUCKETS, registry=r).labels(m)
         self.backend_seconds = _ModelLabelled(Histogram(

@@ -21,13 +21,17 @@ from serving.schemas import Activations, ActivationsRequest, Generation, Generat
 from serving.settings import current_settings
 
 bp = Blueprint("native", __name__, url_prefix="/v1")
+# The state signer (CHARLM_STATE_SECRETS, or a random secret with a warning) is made when the app registers these
+# routes, at start-up: serving/state_token.py.
+bp.record_once(lambda setup: state_token.init_app(setup.app, setup.app.config["CHARLM"]))
 
 
 def read_state(token: str | None, model: ServedModel) -> tuple[int | None, np.ndarray | None]:
+    """A state this deployment signed, for this model version; anything else is a 400 `invalid_state` saying why."""
     if token is None:
         return None, None
     try:
-        return state_token.decode(token, model.name, model.version, model.state_size)
+        return state_token.current_signer().decode(token, model.name, model.version, model.state_size)
     except state_token.StateError as e:
         raise bad_request(str(e), "state", code="invalid_state") from None
 
@@ -55,28 +59,31 @@ def generate():
     prompt, changes = unknown_chars.prepare_one(model, body.prompt, "prompt", unknown_chars.policy(body, config))
     seed = body.seed if body.seed is not None else kept_seed if kept_seed is not None else random_seed()
     sampling = body.sampling().with_seed(seed)
+    signer = state_token.current_signer()  # for the last piece: a stream's generator runs without the app context
     generation = RequestStreams.submit(current_batcher(), model, [prompt], body.max_chars, [sampling],
                                        "/v1/generate", config, current_metrics(), states=[state])
     head = Generation(id=f"gen-{uuid.uuid4().hex[:24]}", object="generation.chunk", model=model.name,
                       version=model.version, text="", finish_reason=None, seed=seed, state=None,
                       text_changes=changes)
     if body.stream:
-        return event_stream(generation_events(generation_pieces(generation.events(), model, seed), head), generation)
+        return event_stream(generation_events(generation_pieces(generation.events(), model, seed, signer), head),
+                            generation)
     try:
         with disconnect.watching(generation):
-            reply = generation_reply(generation_pieces(generation.events(), model, seed), head)
+            reply = generation_reply(generation_pieces(generation.events(), model, seed, signer), head)
         return jsonify(reply.model_dump())
     finally:
         generation.cancel()
 
 
-def generation_pieces(events: Iterator[Chunk | Done], model: ServedModel, seed: int) -> Iterator[GenerationPiece]:
+def generation_pieces(events: Iterator[Chunk | Done], model: ServedModel, seed: int,
+                      signer: state_token.StateSigner) -> Iterator[GenerationPiece]:
     """The route's one loop over the batcher's events, for the streamed and the plain reply alike."""
     for event in events:
         if isinstance(event, Chunk):
             yield GenerationPiece(event.text)
         else:
-            yield GenerationPiece("", "length", state_token.encode(model.name, model.version, seed, event.state))
+            yield GenerationPiece("", "length", signer.encode(model.name, model.version, seed, event.state))
 
 
 def generation_events(pieces: Iterator[GenerationPiece], head: Generation) -> Iterator[str]:
@@ -110,7 +117,8 @@ def score():
     log2 = (out["log_probs"][0, :length] / math.log(2)).round(5).tolist() if body.per_char else None
     return jsonify(Score(model=model.name, version=model.version, characters=length,
                          bits_per_char=float(out["bits_per_char"][0]), log2_probs=log2,
-                         state=state_token.encode(model.name, model.version, kept_seed or 0, out["state"][0]),
+                         state=state_token.current_signer().encode(model.name, model.version, kept_seed or 0,
+                                                                   out["state"][0]),
                          text_changes=changes).model_dump())
 
 
@@ -138,5 +146,6 @@ def activations():
         values = np.tanh(values)
     return jsonify(Activations(model=model.name, version=model.version, layer=layer, kind=body.kind,
                                chars=list(text), values=values.round(4).tolist(),
-                               state=state_token.encode(model.name, model.version, kept_seed or 0, out["state"][0]),
+                               state=state_token.current_signer().encode(model.name, model.version, kept_seed or 0,
+                                                                         out["state"][0]),
                                text_changes=changes).model_dump())

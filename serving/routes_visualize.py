@@ -5,6 +5,9 @@ blue (+1), as in Figure 2 of "Visualizing and Understanding Recurrent Networks".
 The page (serving/static/visualize.html) reads activations from POST /v1/activations like any other client.
 The one thing it asks this blueprint for is the feature tracks of its text (POST /visualize/features),
 computed by analysis/features.py, so the page and `make report` mean the same thing by "bracket depth".
+
+With CHARLM_API_KEYS set, the page stays open but both of its calls need a key, as every route that computes does
+(serving/auth.py): the page sends the one its API key field holds (serving/static/apikey.js).
 """
 from __future__ import annotations
 

@@ -49,10 +49,23 @@ class Settings(BaseSettings):
     max_n: int = Field(8, ge=1, description="completions one request may ask for")
     # Per worker: each stream holds one gunicorn thread for its duration.
     max_streams: int = Field(64, ge=1)
+    # Past max_streams a request waits for slots, first come first served, in a queue of at most max_queued
+    # requests, for at most max_queue_wait_s; then a 429 (too_many_streams). A full queue is a 429 at once
+    # (queue_full); 0 for either: no queue, a 429 at once. Each waiting request holds a gunicorn thread
+    # (gunicorn.conf.py counts them in `threads`).
+    max_queued: int = Field(8, ge=0)
+    max_queue_wait_s: float = Field(2.0, ge=0)
+    # On SIGTERM, streams still running after this long end with an error event (server_shutting_down), so
+    # none is cut by gunicorn's kill at graceful_timeout; capped at graceful_timeout - 5 (gunicorn.conf.py).
+    shutdown_grace_s: float = Field(25.0, ge=0)
     max_body_bytes: int = Field(1 << 20, ge=1024)
     retry_after_s: int = Field(1, ge=1)
-    # Comma-separated; empty means no authentication.
+    # Comma-separated; empty means no authentication. When set, every route that computes needs one (serving/auth.py).
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    # Comma-separated secrets that sign continuation states (at least 16 bytes each, checked at start-up): the
+    # first signs, all verify, so a secret is rotated by putting a new one first (serving/state_token.py). Every
+    # replica of a deployment needs the same list; empty means a random secret per process (a warning at start-up).
+    state_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
 
     # Continuous batching: a new stream's first call generates first_chunk characters (low time to first
     # character); each later call doubles it up to max_chunk (fewer calls, less per-call overhead).
@@ -151,6 +164,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
+
+    @field_validator("state_secrets", mode="before")
+    @classmethod
+    def split_secrets(cls, value):
+        if isinstance(value, str):
+            value = [secret.strip() for secret in value.split(",") if secret.strip()]
+        return value  # lengths are checked at start-up by serving/state_token.py: pydantic's errors repeat the input
 
     @model_validator(mode="after")
     def chunks_in_order(self):

@@ -76,7 +76,7 @@ def test_region_bounds_cover_the_range_without_empty_pieces():
 def test_the_same_numbers_through_tensorflow_serving_protocol(model_client, loaded_model, text):
     """The gRPC stand-in speaking TF Serving's PredictionService over the same SavedModel (no TF Serving binary
     exists for this machine), read through ModelClient's TF Serving transport."""
-    from tfserving_standins import SavedModelPredictionService, serve
+    from serving.tfserving_standin import SavedModelPredictionService, serve
 
     server, port = serve(SavedModelPredictionService("charlm", {1: loaded_model}))
     remote = ModelClient.open(tfserving=f"127.0.0.1:{port}", name="charlm")

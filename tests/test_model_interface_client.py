@@ -12,7 +12,7 @@ from serving.launch import free_port
 
 @pytest.fixture(scope="module")
 def standin(loaded_model):
-    from tfserving_standins import SavedModelPredictionService, serve
+    from serving.tfserving_standin import SavedModelPredictionService, serve
 
     service = SavedModelPredictionService("charlm", {1: loaded_model})
     server, port = serve(service)

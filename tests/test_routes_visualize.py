@@ -28,6 +28,9 @@ def test_the_page_is_served_and_reads_the_activations_endpoint(client):
     assert response.status_code == 200 and response.mimetype == "text/html"
     page = response.get_data(as_text=True)
     assert "/v1/activations" in page and "/visualize/features" in page
+    # Both calls go through post(), which sends the API key field's key (/static/apikey.js; with CHARLM_API_KEYS
+    # tests/test_serving_routes_ui.py uses the page for real): no bare fetch without it.
+    assert '<script src="/static/apikey.js"></script>' in page and page.count("fetch(") == 1
 
 
 def test_features_are_the_analysis_tracks(client):

@@ -59,7 +59,7 @@ def test_missing_model_directory_is_named(tmp_path, capsys):
 
 def test_through_tf_serving_it_writes_the_same_text(exported_model, loaded_model):
     """--tfserving takes the gRPC transport (here against the PredictionService stand-in over the same version)."""
-    from tfserving_standins import SavedModelPredictionService, serve
+    from serving.tfserving_standin import SavedModelPredictionService, serve
 
     server, port = serve(SavedModelPredictionService("charlm", {1: loaded_model}))
     try:

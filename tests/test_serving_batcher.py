@@ -1,6 +1,8 @@
-"""Continuous batching, driven directly: what each backend call holds, and that none of it changes a text."""
+"""Continuous batching, driven directly: what each backend call holds, and that none of it changes a text; admission
+(a bounded first-come-first-served wait for slots) and shutdown (a deadline for the streams running)."""
 import queue
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import pytest
 from model_interface.errors import ModelUnavailable
 from model_interface.signatures import SamplingSettings
 from serving.batcher import Batcher, Chunk, Done, Failed, Stream
-from serving.errors import TooManyStreams
+from serving.errors import AdmissionQueueFull, ClientGone, ShuttingDown, TooManyStreams, as_api_error
 from serving.metrics import Metrics
 from serving.settings import Settings
 from serving_helpers import shared_app, wait_until
@@ -139,8 +141,8 @@ def test_cancelled_streams_are_dropped_before_the_next_call(local):
     assert batcher.metrics.registry.get_sample_value("charlm_cancelled_streams_total") == 1
 
 
-def test_too_many_streams_are_refused(local):
-    batcher, backend = make_batcher(local, max_streams=3)
+def test_too_many_streams_are_refused_at_once_without_a_queue(local):
+    batcher, backend = make_batcher(local, max_streams=3, max_queued=0)
     backend.gate.clear()
     streams, _ = submit(batcher, *[row(remaining=10, seed=i) for i in range(3)])
     with pytest.raises(TooManyStreams):
@@ -207,3 +209,139 @@ def test_chunks_carry_each_characters_log_probability_and_the_alternatives_asked
     assert np.allclose(log_probs, out["log_probs"][0, 6:36], atol=2e-4)
     top_ids = np.concatenate([c.top_ids for c in chunks[0]])
     assert (top_ids[:, 0] == out["top_ids"][0, 6:36, 0]).mean() > 0.9  # (a near-tie may swap the first two)
+
+
+class Submitter:
+    """batcher.submit(...) in its own thread, as a request's thread calls it: whether it returned, or what it raised."""
+
+    def __init__(self, batcher, *rows, gone=None):
+        self.sink = queue.SimpleQueue()
+        self.streams = [Stream(index=i, prompt=prompt, state=state, remaining=remaining, sampling=sampling, version=1,
+                               state_size=STATE_SIZE, sink=self.sink)
+                        for i, (prompt, state, remaining, sampling) in enumerate(rows)]
+        self.error, self.returned_at = None, None
+        self.thread = threading.Thread(target=self._submit, args=(batcher, gone), daemon=True)
+        self.thread.start()
+
+    def _submit(self, batcher, gone):
+        try:
+            batcher.submit(self.streams, gone=gone)
+            self.returned_at = time.perf_counter()
+        except Exception as e:
+            self.error = e
+
+    def done(self, timeout=10.0) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+def wait_sample(batcher, outcome, what="count"):
+    return batcher.metrics.registry.get_sample_value(f"charlm_admission_wait_seconds_{what}",
+                                                     {"model_name": "", "outcome": outcome}) or 0
+
+
+def test_past_the_limit_a_request_waits_and_a_cancelled_stream_frees_its_slot_at_once(local):
+    """The slot of a stream whose client left frees when it is cancelled, while the backend call that still holds its
+    row is running: the waiting request is admitted before that call ends, not at the batcher's next one."""
+    batcher, backend = make_batcher(local, max_streams=2, max_queue_wait_s=30)
+    backend.gate.clear()  # the first call is held in flight
+    running, _ = submit(batcher, row(remaining=5000, seed=1), row(remaining=5000, seed=2))
+    waiter = Submitter(batcher, row(remaining=10, seed=3))
+    assert wait_until(lambda: batcher.waiting() == 1)
+    assert not waiter.done(timeout=0.3) and batcher.count() == 2
+    assert batcher.metrics.registry.get_sample_value("charlm_admission_queue_depth", {"model_name": ""}) == 1
+    cancelled_at = time.perf_counter()
+    running[0].cancelled = True
+    assert waiter.done(timeout=5) and waiter.error is None
+    assert not backend.gate.is_set() and backend.calls == []  # the call in flight has not ended
+    print(f"admitted {1000 * (waiter.returned_at - cancelled_at):.2f} ms after the cancellation")
+    assert batcher.count() == 2 and batcher.waiting() == 0
+    assert batcher.metrics.registry.get_sample_value("charlm_admission_queue_depth", {"model_name": ""}) == 0
+    assert batcher.metrics.registry.get_sample_value("charlm_cancelled_streams_total") == 1
+    assert wait_sample(batcher, "admitted") == 2 and wait_sample(batcher, "admitted", "sum") >= 0.3
+    running[1].cancelled = True
+    backend.gate.set()
+    texts, ends = collect(waiter.sink, 1)
+    assert len(texts[0]) == 10 and isinstance(ends[0], Done)
+    assert wait_until(lambda: batcher.count() == 0)
+
+
+def test_waiting_requests_are_admitted_first_come_first_served(local):
+    """A request wanting one slot does not pass an earlier one wanting two, even while one slot is free."""
+    batcher, backend = make_batcher(local, max_streams=2, max_queue_wait_s=30)
+    backend.gate.clear()
+    running, _ = submit(batcher, row(remaining=5000, seed=1))
+    first = Submitter(batcher, row(remaining=10, seed=2), row(remaining=10, seed=3))
+    assert wait_until(lambda: batcher.waiting() == 1)
+    second = Submitter(batcher, row(remaining=10, seed=4))
+    assert wait_until(lambda: batcher.waiting() == 2)
+    assert not second.done(timeout=0.3) and batcher.count() == 1  # a slot is free: still behind the first
+    running[0].cancelled = True
+    assert first.done() and first.error is None
+    assert not second.done(timeout=0.3) and batcher.count() == 2
+    first.streams[0].cancelled = True
+    assert second.done() and second.error is None and batcher.waiting() == 0
+    for stream in first.streams + second.streams:
+        stream.cancelled = True
+    backend.gate.set()
+    assert wait_until(lambda: batcher.count() == 0)
+
+
+def test_a_full_queue_refuses_at_once_and_a_wait_runs_out(local):
+    batcher, backend = make_batcher(local, max_streams=1, max_queued=1, max_queue_wait_s=0.5, retry_after_s=3)
+    backend.gate.clear()
+    running, _ = submit(batcher, row(remaining=5000, seed=1))
+    waiter = Submitter(batcher, row(remaining=10, seed=2))
+    assert wait_until(lambda: batcher.waiting() == 1)
+    started = time.perf_counter()
+    with pytest.raises(AdmissionQueueFull) as full:
+        submit(batcher, row(remaining=10, seed=3))
+    assert time.perf_counter() - started < 0.1 and full.value.retry_after_s == 3
+    assert waiter.done(timeout=5)
+    assert type(waiter.error) is TooManyStreams and "0.5 s" in str(waiter.error)
+    assert batcher.waiting() == 0 and batcher.count() == 1
+    assert wait_sample(batcher, "timeout") == 1 and wait_sample(batcher, "timeout", "sum") >= 0.5
+    assert wait_sample(batcher, "queue_full") == 1
+    running[0].cancelled = True
+    backend.gate.set()
+    assert wait_until(lambda: batcher.count() == 0)
+
+
+def test_a_waiting_request_whose_client_goes_away_leaves_the_queue(local):
+    batcher, backend = make_batcher(local, max_streams=1, max_queue_wait_s=30, disconnect_check_s=0.05)
+    backend.gate.clear()
+    running, _ = submit(batcher, row(remaining=5000, seed=1))
+    client_gone = threading.Event()
+    waiter = Submitter(batcher, row(remaining=10, seed=2), gone=client_gone.is_set)
+    assert wait_until(lambda: batcher.waiting() == 1)
+    client_gone.set()
+    assert waiter.done(timeout=2)
+    assert isinstance(waiter.error, ClientGone) and as_api_error(waiter.error).code == "client_closed_request"
+    assert batcher.waiting() == 0 and batcher.count() == 1 and wait_sample(batcher, "gone") == 1
+    running[0].cancelled = True
+    backend.gate.set()
+    # Its place is not held: the next request is admitted at once.
+    _, sink = submit(batcher, row(remaining=10, seed=3))
+    assert isinstance(collect(sink, 1)[1][0], Done)
+
+
+def test_shutdown_refuses_new_and_waiting_requests_and_ends_streams_past_the_grace(local):
+    batcher, backend = make_batcher(local, max_streams=2, max_queue_wait_s=30, first_chunk=1, max_chunk=1)
+    _, short_sink = submit(batcher, row(remaining=20, seed=1))
+    _, long_sink = submit(batcher, row(remaining=8192, seed=2))
+    waiter = Submitter(batcher, row(remaining=10, seed=3))
+    assert wait_until(lambda: batcher.waiting() == 1)
+    shut_at = time.perf_counter()
+    batcher.shutdown(1.0)
+    assert waiter.done(timeout=2) and isinstance(waiter.error, ShuttingDown)
+    with pytest.raises(ShuttingDown):
+        submit(batcher, row(remaining=10, seed=4))
+    texts, ends = collect(short_sink, 1)
+    assert len(texts[0]) == 20 and isinstance(ends[0], Done)  # it finished within the grace
+    texts, ends = collect(long_sink, 1)
+    ended = time.perf_counter() - shut_at
+    assert isinstance(ends[0], Failed) and isinstance(ends[0].error, ShuttingDown)
+    assert 0 < len(texts.get(0, "")) < 8192 and 1.0 <= ended < 3.0
+    assert wait_until(lambda: batcher.count() == 0)
+    assert batcher.metrics.registry.get_sample_value("charlm_cancelled_streams_total") == 0  # not clients gone
+    assert wait_sample(batcher, "shutdown") == 2

@@ -1,8 +1,10 @@
 """The playground at /: served as a page, and used for real in headless Chromium (Debian's `chromium` and
 `chromium-driver`, which `make test` installs; tests/browser.py): type a prompt, pick temperature and length,
-generate, and see the streamed text on screen."""
+generate, and see the streamed text on screen; with API keys, the key typed into the page is sent, and remembered
+for the visualisation page."""
 import io
 import threading
+import urllib.parse
 
 import pytest
 from werkzeug.serving import make_server
@@ -85,3 +87,60 @@ def test_typing_a_prompt_streams_text_onto_the_page(server, browser, exported_mo
     (tmp_path / "playground.png").write_bytes(browser.get_screenshot_as_png())
     # The text is on screen, not just in the DOM: the output box went from blank to full of glyphs.
     assert empty < 50 and dark_pixels(screenshot) > 2000, (empty, dark_pixels(screenshot))
+
+
+# --- with CHARLM_API_KEYS: the pages are open, their calls need the key the API key field holds ---------------------
+KEY = "playground-key-1"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(exported_model):
+    from serving.app import create_app
+
+    httpd = make_server("127.0.0.1", 0, create_app({"model_dir": exported_model[0], "api_keys": KEY}), threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+@pytest.mark.slow
+def test_with_keys_both_pages_send_the_key_typed_once(keyed_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    text = lambda element_id: browser.find_element(By.ID, element_id).text  # noqa: E731
+    browser.get(keyed_server + "/")  # a new origin (its own port): nothing stored yet
+    wait.until(lambda d: "API key" in text("model"))  # the page loads; its model list was a 401, and it says why
+    browser.find_element(By.ID, "apikey").send_keys(KEY, Keys.TAB)  # typed, then left: the list is asked again
+    wait.until(lambda d: "version 1" in text("model"))
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys("ROMEO:\n")
+    length = browser.find_element(By.ID, "length")
+    length.clear()
+    length.send_keys("40")
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda d: text("status").startswith(("done", "error")))
+    assert text("status").startswith("done: 40 characters")
+    assert browser.execute_script("return localStorage.getItem('charlm.apiKey')") == KEY
+
+    # The visualisation page on the same origin has the key already: its activations and feature calls go through.
+    query = urllib.parse.urlencode({"text": "First Citizen:\nBefore we proceed any further",
+                                    "feature": "word_position"})
+    browser.get(f"{keyed_server}/visualize?{query}")
+    body = browser.find_element(By.TAG_NAME, "body")
+    wait.until(lambda d: body.get_attribute("data-state") in ("done", "error"))
+    assert body.get_attribute("data-state") == "done", text("status")
+    assert body.get_attribute("data-best").startswith("word_position:")
+    assert browser.find_element(By.ID, "apikey").get_attribute("value") == KEY
+
+    # A wrong key stored: the page says the key was refused instead of colouring anything.
+    browser.execute_script("localStorage.setItem('charlm.apiKey', 'wrong-key')")
+    browser.get(f"{keyed_server}/visualize?{query}")
+    body = browser.find_element(By.TAG_NAME, "body")
+    wait.until(lambda d: body.get_attribute("data-state") in ("done", "error"))
+    assert body.get_attribute("data-state") == "error" and "API key was refused" in text("status")
+    browser.execute_script("localStorage.removeItem('charlm.apiKey')")

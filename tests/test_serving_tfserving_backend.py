@@ -1,4 +1,4 @@
-"""The `tfserving` backend against tfserving_standins (a stand-in speaking TF Serving's PredictionService
+"""The `tfserving` backend against serving.tfserving_standin (a stand-in speaking TF Serving's PredictionService
 protocol over the same SavedModel, not TF Serving): same texts as in-process, the requests it sends, a
 restart of the server, the deadline."""
 import numpy as np
@@ -7,10 +7,10 @@ import pytest
 from model_interface import signatures as sig
 from model_interface.errors import InputRejected, VersionNotFound
 from model_interface.signatures import SamplingSettings, fresh_states, generate_inputs
-from tfserving_standins import SavedModelPredictionService, serve
 from serving.app import create_app
 from serving.settings import Settings
 from serving.tfserving_backend import TFServingBackend
+from serving.tfserving_standin import SavedModelPredictionService, serve
 from serving_helpers import assert_error, wait_until
 
 

@@ -1,5 +1,5 @@
 """The gateway spreads its calls over every TF Serving replica, and one replica going away moves all calls to the
-others with no failed request (issue 13), against tfserving_standins: gRPC PredictionService stand-ins over the
+others with no failed request (issue 13), against serving.tfserving_standin: gRPC PredictionService stand-ins over the
 session's SavedModel, not TF Serving. All calls go through the real `TFServingGrpc` transport, with its
 CHANNEL_OPTIONS (round_robin, the retry policy for Predict), most of them through the gateway's `tfserving` backend.
 
@@ -32,7 +32,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from model_interface.client import ModelClient, TFServingGrpc
 from model_interface.signatures import fresh_states, metadata_inputs, text_inputs
 from serving.app import create_app
-from tfserving_standins import SavedModelPredictionService, serve
+from serving.tfserving_standin import SavedModelPredictionService, serve
 from serving_helpers import wait_until
 
 CALLS = 40  # per phase
@@ -57,7 +57,7 @@ def counts(services) -> list[int]:
 
 
 def serve_on(service, host: str, port: int = 0, options=()) -> tuple[grpc.Server, int]:
-    """tfserving_standins.serve on another loopback address, with server options: (server, port)."""
+    """serving.tfserving_standin.serve on another loopback address, with server options: (server, port)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=list(options))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
     port = server.add_insecure_port(f"{host}:{port}")

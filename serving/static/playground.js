@@ -5,12 +5,8 @@ const $ = (id) => document.getElementById(id);
 let modelId = null;
 let controller = null;
 
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = $("apikey").value.trim();
-  if (key) h["Authorization"] = "Bearer " + key;
-  return h;
-}
+// The key from the API key field (serving/static/apikey.js: kept in localStorage, sent as a bearer token).
+const headers = () => charlmKey.headers();
 
 function setStatus(text, isError) {
   $("status").textContent = text;
@@ -20,7 +16,7 @@ function setStatus(text, isError) {
 async function errorMessage(response) {
   try {
     const body = await response.json();
-    return body.error ? body.error.message : response.statusText;
+    return charlmKey.explain(response.status, body.error ? body.error.message : response.statusText);
   } catch (e) {
     return response.status + " " + response.statusText;
   }
@@ -97,6 +93,7 @@ async function generate() {
 
 $("form").addEventListener("submit", (event) => { event.preventDefault(); generate(); });
 $("stop").addEventListener("click", () => { if (controller) controller.abort(); });
+$("apikey").addEventListener("change", () => { modelId = null; loadModel(); });  // a key typed after a 401
 
 // ?prompt=…&temperature=…&length=…&seed=…&autostart=1 fill the form (shareable links).
 const params = new URLSearchParams(location.search);

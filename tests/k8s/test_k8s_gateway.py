@@ -1,8 +1,8 @@
-"""The gateway's manifests agree with its code: the CHARLM_* settings serving/settings.py reads, the headless gRPC
-Service it reaches every TF Serving pod through (and the round-robin channel that uses them all), gunicorn's bind,
-timeouts and graceful shutdown (serving/gunicorn.conf.py, loaded by gunicorn itself) against the ports, probes and
-termination grace period; the network policy in front of TF Serving; the autoscaler, disruption budgets and
-Ingress."""
+"""The gateway's manifests agree with its code: the CHARLM_* settings serving/settings.py reads (the state secrets
+from one required Secret for every replica), the headless gRPC Service it reaches every TF Serving pod through (and
+the round-robin channel that uses them all), gunicorn's bind, timeouts and graceful shutdown
+(serving/gunicorn.conf.py, loaded by gunicorn itself) against the ports, probes and termination grace period; the
+network policy in front of TF Serving; the autoscaler, disruption budgets and Ingress."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from k8s_helpers import container, env_of, find, flags, gateway_settings, pod_specs, port_of, run, selects
+from k8s_helpers import ROOT, container, env_of, find, flags, gateway_settings, pod_specs, port_of, run, selects
 
 
 def gunicorn_config(env: dict[str, str], tmp_path) -> dict:
@@ -42,6 +42,21 @@ def test_gateway_environment_names_settings_the_code_reads(overlay, docs, monkey
     assert set(env) - {n for n in env if n.startswith("CHARLM_")} <= {"PORT", "WEB_CONCURRENCY", "HOME"}
     settings = gateway_settings(gateway, monkeypatch)  # every value parses, as at start-up
     assert settings.backend == "tfserving"
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_every_gateway_replica_signs_states_with_the_secrets_of_one_required_secret(overlay, docs):
+    """A continuation state one gateway returned must verify on whichever replica the next request reaches: every
+    replica reads CHARLM_STATE_SECRETS from the same Secret, which must exist (a missing Secret keeps the pods from
+    starting, rather than each signing with a random secret of its own), and docs/deploy.md says how to make it."""
+    documents = docs[overlay]
+    c = container(find(documents, "Deployment", "charlm-gateway")["spec"]["template"]["spec"], "gateway")
+    [entry] = [e for e in c["env"] if e["name"] == "CHARLM_STATE_SECRETS"]
+    assert "value" not in entry
+    ref = entry["valueFrom"]["secretKeyRef"]
+    assert ref.get("optional") is False
+    assert find(documents, "HorizontalPodAutoscaler", "charlm-gateway")["spec"]["maxReplicas"] > 1
+    assert f"create secret generic {ref['name']} --from-literal={ref['key']}=" in (ROOT / "docs/deploy.md").read_text()
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])

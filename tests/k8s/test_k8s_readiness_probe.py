@@ -1,6 +1,6 @@
 """TF Serving's probes: liveness is the process, readiness is the model. The readiness probe of the rendered
 Deployment, with its script from the rendered ConfigMap (k8s/base/tfserving/model-available.sh), is run against a
-stand-in answering TF Serving's REST model-status request (tests/tfserving_standins.py), and against a port where
+stand-in answering TF Serving's REST model-status request (serving/tfserving_standin.py), and against a port where
 nothing listens."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from k8s_helpers import container, find, mounted_file
 from serving.launch import free_port
-from tfserving_standins import serve_model_status
+from serving.tfserving_standin import serve_model_status
 
 
 def test_tf_serving_liveness_differs_from_readiness(docs):

@@ -1,12 +1,17 @@
-"""Two stand-ins for TF Serving — neither is TF Serving: its gRPC PredictionService over an exported SavedModel,
-and its REST model status.
+"""Stand-ins for TF Serving, for tests and benchmarks on machines without it. They are NOT TF Serving, and the
+gateway itself never uses them (nothing under serving/ imports this module; tests/ and benchmarks/ do).
 
-The TF Serving binary cannot be installed on the development machines, so the `tfserving` backend is tested
-against the first (`SavedModelPredictionService`, `serve`): a gRPC server built from tensorflow-serving-api's own
-protos that runs the same SavedModel (tf.saved_model.load) and answers Predict the way TF Serving does for what the
-gateway uses: model_spec name, optional version number or label (newest if absent), signature_name, output_filter,
-the version it ran in the reply, and NOT_FOUND / INVALID_ARGUMENT / FAILED_PRECONDITION errors. Batching, model
-config files, warm-up, REST and the other services are not imitated by it.
+Two stand-ins: TF Serving's gRPC PredictionService over an exported SavedModel, and its REST model status.
+
+The TF Serving binary cannot be installed on the development machines, so the `tfserving` backend is tested (and
+benchmarked) against the first (`SavedModelPredictionService`, `serve`): a gRPC server built from
+tensorflow-serving-api's own protos that runs the same SavedModel (tf.saved_model.load) and answers Predict the way
+TF Serving does for what the gateway uses: model_spec name, optional version number or label (newest if absent),
+signature_name, output_filter, the version it ran in the reply, and NOT_FOUND / INVALID_ARGUMENT /
+FAILED_PRECONDITION errors. Batching, model config files, warm-up, REST and the other services are not imitated by
+it. For the faults of the TF Serving path (tests/test_serving_tfserving_faults.py) it answers late on demand (every
+call: `delay_s`; the next few: `delay_next`), changes the versions it serves while running (`set_versions`: a new
+version appearing, an old one unloaded), and `StandInServer` kills it and starts it again on the same port.
 
 The second (`ModelStatusStandIn`, `serve_model_status`) is an HTTP server answering the one REST request TF
 Serving's readiness probe makes (k8s/base/tfserving/model-available.sh), GET /v1/models/<name>, with whatever
@@ -18,7 +23,6 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-import time
 from concurrent import futures
 
 import grpc
@@ -33,15 +37,44 @@ class SavedModelPredictionService(prediction_service_pb2_grpc.PredictionServiceS
         self.model_name = model_name
         self.versions = dict(versions)  # version -> tf.saved_model.load(...) result
         self.labels = dict(labels or {})  # version_label -> version, as TF Serving's model config assigns them
-        self.delay_s = 0.0  # to exceed a client's deadline
-        self.requests: list[predict_pb2.PredictRequest] = []
+        self.delay_s = 0.0  # every call answers this late: a slow server, past a client's deadline
+        self._late: list[list] = []  # [signature or None, seconds, calls left], from delay_next
+        self.requests: list[predict_pb2.PredictRequest] = []  # every call, in arrival order
+        self.delayed: list[predict_pb2.PredictRequest] = []  # the calls delay_next made late
         self._lock = threading.Lock()
         for loaded in self.versions.values():
             warm_up(loaded)
 
-    def Predict(self, request, context):
+    def set_versions(self, versions: dict[int, object]) -> None:
+        """Serve exactly these versions from now on, as TF Serving does when a new version appears in its model
+        directory or an old one is unloaded: a call naming a version no longer served gets NOT_FOUND, a call naming
+        none the newest. Loaded objects not served before are warmed up first, as TF Serving loads a version
+        before it serves it."""
+        for loaded in versions.values():
+            if not any(loaded is served for served in self.versions.values()):
+                warm_up(loaded)
+        self.versions = dict(versions)  # one assignment: a call sees the old dict or the new one
+
+    def delay_next(self, seconds: float, calls: int = 1, signature: str | None = None) -> None:
+        """The next `calls` Predict calls (of `signature` only, if given) answer `seconds` late, on top of
+        `delay_s`: a call stuck in TF Serving while the calls after it are fast. They are kept in `delayed`."""
+        with self._lock:
+            self._late.append([signature, seconds, calls])
+
+    def _delay_for(self, request) -> float:
+        signature = request.model_spec.signature_name or "serving_default"
         with self._lock:
             self.requests.append(request)
+            for late in self._late:
+                if late[0] in (None, signature) and late[2] > 0:
+                    late[2] -= 1
+                    self.delayed.append(request)
+                    return self.delay_s + late[1]
+        return self.delay_s
+
+    def Predict(self, request, context):
+        delay = self._delay_for(request)
+        versions = self.versions
         spec = request.model_spec
         if spec.name != self.model_name:
             context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({spec.name})")
@@ -51,12 +84,12 @@ class SavedModelPredictionService(prediction_service_pb2_grpc.PredictionServiceS
                               f"Unrecognized servable version label: {spec.version_label}")
             version = self.labels[spec.version_label]
         else:
-            version = spec.version.value if spec.HasField("version") else max(self.versions)
-        if version not in self.versions:
+            version = spec.version.value if spec.HasField("version") else max(versions)
+        if version not in versions:
             context.abort(grpc.StatusCode.NOT_FOUND,
                           f"Servable not found for request: Specific({spec.name}, {version})")
         signature_name = spec.signature_name or "serving_default"
-        signatures = self.versions[version].signatures
+        signatures = versions[version].signatures
         if signature_name not in signatures:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f'Serving signature name: "{signature_name}" not found in signature def')
@@ -70,8 +103,8 @@ class SavedModelPredictionService(prediction_service_pb2_grpc.PredictionServiceS
             outputs = function(**inputs)
         except tf.errors.InvalidArgumentError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if delay:
+            wait(delay, context)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name
         response.model_spec.version.value = version
@@ -80,6 +113,14 @@ class SavedModelPredictionService(prediction_service_pb2_grpc.PredictionServiceS
             if not request.output_filter or name in request.output_filter:
                 response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
         return response
+
+
+def wait(seconds: float, context) -> None:
+    """Sleep `seconds`, or less if the call ends first (its client's deadline passed, it was cancelled, the server
+    stopped): a late call holds none of the server's threads longer than its client waits for it."""
+    ended = threading.Event()
+    if context.add_callback(ended.set):
+        ended.wait(seconds)
 
 
 def warm_up(loaded) -> None:
@@ -93,9 +134,50 @@ def serve(service: SavedModelPredictionService, port: int = 0) -> tuple[grpc.Ser
     """Start serving on 127.0.0.1 (port 0 = any free one) -> (server, port). Stop with server.stop(0)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
-    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    if not bound or (port and bound != port):
+        raise RuntimeError(f"the stand-in cannot listen on 127.0.0.1:{port}")
     server.start()
-    return server, port
+    return server, bound
+
+
+class StandInServer:
+    """A stand-in PredictionService on 127.0.0.1 that can be killed and started again on the same port, as TF
+    Serving is when its pod is killed and restarted (the gateway's target stays the same). Use as a context
+    manager, or call stop() at the end."""
+
+    def __init__(self, service: SavedModelPredictionService, port: int = 0):
+        self.service = service
+        self.server, self.port = serve(service, port)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.server is not None
+
+    def stop(self) -> None:
+        """TF Serving killed: the port closes, calls in flight end with an error on the client, new calls find no
+        server. Returns once the port is closed."""
+        if self.server is not None:
+            self.server.stop(0).wait()
+            self.server = None
+
+    def start(self, service: SavedModelPredictionService | None = None) -> None:
+        """TF Serving back on the same port: `service` (a new process: a fresh stand-in), or the same one."""
+        if self.server is not None:
+            raise RuntimeError("the stand-in is running already")
+        if service is not None:
+            self.service = service
+        self.server, _ = serve(self.service, self.port)
+
+    def __enter__(self) -> "StandInServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 # --- TF Serving's REST model status -------------------------------------------------------------------------------
