@@ -5,7 +5,9 @@
 Binds to $PORT on all interfaces if set (gunicorn's own rule), else 127.0.0.1:8000; `--bind` and
 GUNICORN_CMD_ARGS override anything here. Names starting with _ are not gunicorn settings.
 """
+import logging as _logging
 import os as _os
+import secrets as _secrets
 import shutil as _shutil
 import tempfile as _tempfile
 
@@ -54,7 +56,19 @@ if not _os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
 
 
+# Continuation states are signed (serving/state_token.py). Unset, every worker would sign with a random secret of its
+# own and refuse the states of its siblings (WEB_CONCURRENCY > 1); one made here, in the master, is every worker's.
+# States still die with the process and differ between replicas: set CHARLM_STATE_SECRETS (docs/deploy.md).
+_made_state_secret = not _os.environ.get("CHARLM_STATE_SECRETS")
+if _made_state_secret:
+    _os.environ["CHARLM_STATE_SECRETS"] = _secrets.token_urlsafe(32)
+
+
 def on_starting(server):
+    if _made_state_secret:
+        _logging.getLogger("gunicorn.error").warning(
+            "CHARLM_STATE_SECRETS is not set: continuation states are signed with a secret made for this run; they "
+            "will not survive a restart or verify on another replica")
     # Values from a previous run would be added to this one's.
     directory = _os.environ["PROMETHEUS_MULTIPROC_DIR"]
     for name in _os.listdir(directory):

@@ -17,8 +17,10 @@ RESPONSES = (schemas.Completion, chat_schemas.ChatCompletion, chat_schemas.ChatC
              schemas.ModelList, schemas.Generation, schemas.Score, schemas.Activations, schemas.Tokenized,
              schemas.Detokenized, schemas.Health, schemas.Ready, schemas.Error)
 ERRORS = {400: "Malformed or out-of-range request", 401: "Missing or invalid API key (when keys are configured)",
-          404: "Unknown model", 413: "Request body too large", 429: "Too many concurrent streams (see Retry-After)",
-          503: "Backend unavailable, no model loaded, or (chat) a chat template the version cannot write",
+          404: "Unknown model", 413: "Request body too large", 429: "Too many concurrent streams: the admission queue is full (code queue_full) or no slot freed "
+               "within CHARLM_MAX_QUEUE_WAIT_S (too_many_streams); see Retry-After",
+          503: "Backend unavailable, no model loaded, the gateway shutting down (server_shutting_down), or (chat) a "
+               "chat template the version cannot write; see Retry-After",
           504: "Backend deadline exceeded"}
 
 
@@ -69,7 +71,9 @@ def document() -> dict:
         "openapi": "3.1.0",
         "info": {"title": "charlm gateway", "version": "1",
                  "description": "Character-level LSTM text generation. A token is a character. Errors use "
-                                "OpenAI's envelope. Authentication applies to /v1/ routes when CHARLM_API_KEYS is set."},
+                                "OpenAI's envelope. With CHARLM_API_KEYS set, every route that computes needs a bearer key "
+                                "(/v1/*, /tokenize, /detokenize, /visualize/features); probes, /metrics, /openapi.json "
+                                "and the pages stay open."},
         "paths": {
             "/v1/completions": post("OpenAI-compatible completion", schemas.CompletionRequest, schemas.Completion,
                                     True, 404, 413, 429, 503, 504),
@@ -86,9 +90,9 @@ def document() -> dict:
             "/v1/models": get("OpenAI-compatible model list: each model's vocabulary, state size, limits and chat "
                               "template", schemas.ModelList, 401, 503, secured=True),
             "/tokenize": post("vLLM's: a text's token ids (a token is a character; its id, its vocabulary index)",
-                              schemas.TokenizeRequest, schemas.Tokenized, False, 404, 413, 503, secured=False),
+                              schemas.TokenizeRequest, schemas.Tokenized, False, 404, 413, 503, secured=True),
             "/detokenize": post("vLLM's: token ids (vocabulary indices) back to text", schemas.DetokenizeRequest,
-                                schemas.Detokenized, False, 404, 413, 503, secured=False),
+                                schemas.Detokenized, False, 404, 413, 503, secured=True),
             "/v1/models/{model}": model_path,
             "/healthz": get("Liveness: the process answers (no backend call)", schemas.Health),
             "/readyz": get("Readiness: a model is loaded and the backend answers", schemas.Ready, 503, 504),
@@ -104,7 +108,8 @@ def document() -> dict:
                     "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 20000}}}}}},
                 "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"features": {"type": "array", "items": {"type": "object"}}}}}}},
-                              **errors(400)}}},
+                              **errors(400, 401)},
+                "security": [{"bearerAuth": []}]}},
         },
         "components": {"schemas": definitions["$defs"],
                        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},

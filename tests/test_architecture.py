@@ -122,3 +122,13 @@ def test_a_forbidden_import_is_named_with_its_file_and_line(path, source, expect
 ])
 def test_allowed_imports_pass(path, source):
     assert violations(path, source) == []
+
+
+def test_the_gateway_never_runs_on_the_tf_serving_stand_in():
+    """serving/tfserving_standin.py is for tests and benchmarks on machines without TF Serving: nothing of the
+    gateway itself may import it, so the production path stays the real one."""
+    found = [f"{path}:{line}" for path in project_files() if path.startswith("serving/")
+             and path != "serving/tfserving_standin.py"
+             for line, name in imported_modules((ROOT / path).read_text(encoding="utf-8"), path[:-3].replace("/", "."))
+             if name.startswith("serving.tfserving_standin")]
+    assert not found, f"the gateway imports the stand-in: {found}"

@@ -1,6 +1,7 @@
 """End to end: gunicorn (serving/gunicorn.conf.py, gthread) serving the session's tiny model on 127.0.0.1,
 driven by the official `openai` client, by langchain-openai (`OpenAI`, `ChatOpenAI`), both as installed from the
 registry, and by a raw socket that hangs up mid-stream. Spawned once."""
+import os
 import runpy
 import signal
 import socket
@@ -26,12 +27,15 @@ def test_configuration(monkeypatch, tmp_path):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("CHARLM_MAX_STREAMS", "10")
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.setenv("CHARLM_STATE_SECRETS", "")  # as unset; monkeypatch restores the real value after the test
     config = Config()
     for name, value in runpy.run_path(str(ROOT / "serving/gunicorn.conf.py")).items():
         if name in config.settings:
             config.set(name, value)
     assert config.worker_class_str == "gthread" and config.workers == 1 and config.threads == 26
     assert not config.preload_app and config.graceful_timeout >= 10 and config.control_socket_disable
+    # One state secret for all workers when none is set, made in the master, so they accept each other's states.
+    assert len(os.environ["CHARLM_STATE_SECRETS"]) >= 32
     (tmp_path / "counter_1.db").write_bytes(b"")
     config.on_starting(None)
     assert not list(tmp_path.iterdir())  # a previous run's values are wiped at start
