@@ -39,7 +39,7 @@ tf = $(if $(findstring s,$(firstword -$(MAKEFLAGS))),,printf '%s\n' $(call quote
 	status=$$?; wait $$!; exit $$status,$(1))
 quote = '$(subst ','\'',$(1))'
 
-.PHONY: setup browser train export sample test bench bench-train bench-generate bench-serve serve report clean k8s-tools images deploy undeploy
+.PHONY: setup browser train export sample test bench bench-train bench-generate bench-serve soak serve report clean k8s-tools images deploy undeploy
 
 setup: $(VENV)/.installed
 
@@ -98,6 +98,14 @@ bench-generate: setup
 
 bench-serve: setup
 	@$(call tf,$(PY) -m benchmarks.bench_serve)
+
+# The gateway under 5,000 mixed and hostile requests from 120 clients (hang-ups, malformed bodies, tampered states,
+# slow readers), local backend then through the TF Serving stand-in; stops by itself (at most 15 minutes per backend),
+# figures appended to docs/results.md, non-zero exit if a check failed (benchmarks/soak.py says which).
+# A quick one: make soak SOAK_ARGS="--requests 200 --clients 10 --hidden 64 --layers 1 --no-record".
+SOAK_ARGS ?=
+soak: setup
+	@$(call tf,$(PY) -m benchmarks.soak $(SOAK_ARGS))
 
 # The gateway on 127.0.0.1:8000 (or $$PORT on all interfaces), serving the newest version in CHARLM_MODEL_DIR
 # and picking up newer ones; other CHARLM_* settings come from the environment (docs/serving.md).
