@@ -1,7 +1,8 @@
 """The gateway under a long, mixed and hostile load, until it stops by itself: does anything break, leak or hang?
 
     python -m benchmarks.soak [--requests 5000 --clients 120 --hidden 512 --layers 2 --backend local|tfserving|both
-                               --seconds-limit 900 --seed 0 --no-record]
+                               --seconds-limit 900 --seed 0 --roles hangup=0.2,malformed=0.1,tampered=0.05,slow=0.1
+                               --no-record]
 
 Exports a random-weights model of the shape (training.export.export_untrained, tiny-shakespeare's 65 characters,
 so the version has a chat template), starts gunicorn with serving/gunicorn.conf.py on 127.0.0.1
@@ -23,8 +24,13 @@ seeded random mix by its role:
   features, broken HTTP framing) and random byte mutations of valid bodies;
 - 5% send tampered states: a real state from /v1/generate with bytes flipped, truncated, its version or width or
   numbers replaced (unsigned), and -- signed with the gateway's own CHARLM_STATE_SECRETS, which this benchmark
-  sets -- another version, width, non-finite numbers or a bad position, to see the checks behind the signature;
+  sets -- another version, width, non-finite numbers or a bad position, to see the checks behind the signature
+  (signed states with huge finite numbers, which only the gateway could make, are reported, not judged);
 - 10% read very slowly (a small SO_RCVBUF, a few hundred bytes at a time with pauses).
+
+Hang-ups, malformed bodies and tampered states are answered at once, so those clients wait about as long as a
+normal request takes before each of theirs: the shares hold for the requests, not only for the clients. A 429
+is retried after its Retry-After, a 503 after a second or so, as a client would.
 
 Checked: no 5xx (but a 503 while the stand-in is down); catalogue bodies and tampered states get a 4xx in
 OpenAI's error envelope, mutated bodies anything but a 5xx; valid requests get a 200 (or a 429 with Retry-After);
@@ -400,6 +406,8 @@ class Client(threading.Thread):
         ctx.add(outcome)
         if outcome.status == 429:
             time.sleep(1.0)  # Retry-After
+        elif outcome.status == 503 or outcome.server_status == 503:
+            time.sleep(self.rng.uniform(0.5, 1.5))  # the backend is down: a client backs off, it does not hammer
         return outcome, parsed
 
     def read_body(self, response, slow) -> bytes:
@@ -1111,9 +1119,17 @@ def tamper(rng: random.Random, ctx: Context, token: str) -> tuple[str, str, str]
         return row[:new_width] + (0.0,) * max(0, new_width - width)
 
     def flip(text: str) -> str:
-        i = rng.randrange(len(text))
+        """One base64url character changed so that the bytes it decodes to change too (a last character's
+        padding bits are ignored by the decoder: changing only those would alter nothing)."""
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-        return text[:i] + rng.choice(alphabet.replace(text[i], "")) + text[i + 1:]
+        while True:
+            i = rng.randrange(len(text))
+            flipped = text[:i] + rng.choice(alphabet.replace(text[i], "")) + text[i + 1:]
+            try:
+                if unb64(flipped) != unb64(text):
+                    return flipped
+            except ValueError:
+                return flipped
 
     def with_parts(h: bytes | None = None, n: bytes | None = None) -> str:  # replaced, old signature kept
         return ".".join([b64(h) if h is not None else parts[0], b64(n) if n is not None else parts[1], *parts[2:]])
@@ -1172,16 +1188,18 @@ class Outage:
         self.service, self.server, self.port, self.seconds, self.at = service, server, port, seconds, at
         self.window: tuple[float, float] | None = None
         self.started_at: float | None = None
-        self.recovered_s: float | None = None
+        self.stopped_s = self.down_s = self.recovered_s = None
 
     def run(self, gateway: GunicornGateway) -> None:
         from serving.tfserving_standin import serve
 
         self.started_at = time.monotonic()
         self.server.stop(0).wait()
+        self.stopped_s = time.monotonic() - self.started_at  # stop(0) ends the calls in flight; waits for its threads
         time.sleep(self.seconds)
         self.server, _ = serve(self.service, self.port)
         restarted = time.monotonic()
+        self.down_s = restarted - self.started_at
         while not gateway.ready() and time.monotonic() - restarted < 60:
             time.sleep(0.1)
         self.recovered_s = time.monotonic() - restarted
@@ -1417,7 +1435,7 @@ def judge_run(ctx: Context, warm_outcomes: int, outage: Outage | None, stuck: li
     window = outage.window if outage is not None else None
     statuses, problems, samples, by_role = Counter(), Counter(), defaultdict(list), defaultdict(Counter)
     sources = defaultdict(Counter)  # per problem category: the catalogue entry, tampering or kind of request
-    expected_503 = 0
+    expected_503, expected_at = 0, []  # and when they started, relative to the stop
     for o in outcomes:
         label = o.status if o.stream_error is None else f"200+error:{o.stream_error}"
         statuses[str(label)] += 1
@@ -1429,6 +1447,7 @@ def judge_run(ctx: Context, warm_outcomes: int, outage: Outage | None, stuck: li
         if in_outage and category in ("5xx", "stream_error", "unexpected_status") and (
                 o.status == 503 or o.server_status == 503):
             expected_503 += 1
+            expected_at.append(o.started - window[0])
             continue
         problems[category] += 1
         sources[category][o.note or o.kind] += 1
@@ -1483,8 +1502,13 @@ def judge_run(ctx: Context, warm_outcomes: int, outage: Outage | None, stuck: li
         "problems": dict(problems), "problem_sources": {c: dict(n.most_common()) for c, n in sources.items()},
         "expected_503_in_outage": expected_503,
         "outage": None if outage is None else {
-            "seconds": outage.seconds, "at_request": outage.at, "gateway_ready_again_after_s":
-            None if outage.recovered_s is None else round(outage.recovered_s, 2)},
+            "seconds": outage.seconds, "at_request": outage.at, "happened": outage.started_at is not None,
+            "stop_took_s": None if outage.stopped_s is None else round(outage.stopped_s, 2),
+            "down_s": None if outage.down_s is None else round(outage.down_s, 2),
+            "gateway_ready_again_after_s": None if outage.recovered_s is None else round(outage.recovered_s, 2),
+            "window_s": None if window is None else round(window[1] - window[0], 2),
+            "503_started_s_after_the_stop": None if not expected_at else
+            [round(min(expected_at), 2), round(statistics.median(expected_at), 2), round(max(expected_at), 2)]},
         "completed_replies_length_checked": length_checked,
         "streams_completed": sum(1 for o in completed if o.streamed),
         "hung_up": statuses["hung_up"],
@@ -1536,6 +1560,11 @@ def report_failures(result: dict) -> None:
 
 # --- the record ------------------------------------------------------------------------------------------------------
 
+def outage_times(outage: dict) -> str:
+    times = outage.get("503_started_s_after_the_stop")
+    return "—" if not times else f"{times[0]:g} … {times[2]:g} (median {times[1]:g})"
+
+
 def counts(c: dict) -> str:
     return ", ".join(f"{k}: {v:,}" for k, v in c.items()) or "none"
 
@@ -1557,8 +1586,10 @@ def record(results: list[dict], args, command: str, tf_version: str) -> None:
              + row("5xx outside an outage; 503 while the stand-in was down",
                    lambda r: f"{r['problems'].get('5xx', 0) + r['problems'].get('stream_error', 0)}; "
                              f"{r['expected_503_in_outage']}"
-                             + (f" (down {r['outage']['seconds']:g} s, gateway ready again "
-                                f"{r['outage']['gateway_ready_again_after_s']} s after the restart)" if r["outage"] else ""))
+                             + (" (the soak ended before the planned outage)" if r["outage"] and not r["outage"]["happened"]
+                                else f" (stand-in down {r['outage']['down_s']} s; the gateway ready again "
+                                f"{r['outage']['gateway_ready_again_after_s']} s after its restart; the failed requests "
+                                f"started {outage_times(r['outage'])} s after the stop)" if r["outage"] else ""))
              + row("malformed and mutated bodies", lambda r: counts(r["malformed_statuses"]))
              + row("tampered states", lambda r: counts(r["tampered_statuses"])
                    + ("" if r["signed_tampering_tested"] else " (signed ones not tested: states could not be forged)"))
