@@ -14,7 +14,7 @@ from model_interface.signatures import (MAX_LOGPROBS, MAX_TOP_K, Logprobs, MinP,
                                         TopP)
 from serving.errors import APIError, bad_request
 from serving.schemas import (MAX_STOP, ReplacementChar, Request, StreamOptions, TextChanges, UnknownChars, Usage,
-                             check_stop, limit, refuse_penalties)
+                             at_most, check_stop, refuse_penalties)
 
 ROLES = ("system", "developer", "user", "assistant")  # developer: OpenAI's newer name for system, read as system
 TOOL_ROLES = ("tool", "function")
@@ -141,18 +141,12 @@ class ChatCompletionRequest(Request):
     @field_validator("max_tokens", "max_completion_tokens")
     @classmethod
     def max_tokens_within_limit(cls, value, info: ValidationInfo):
-        most = limit(info, "max_tokens")
-        if most is not None and value is not None and value > most:
-            raise ValueError(f"must be at most {most}")
-        return value
+        return at_most(value, info, "max_tokens")
 
     @field_validator("n")
     @classmethod
     def n_within_limit(cls, value, info: ValidationInfo):
-        most = limit(info, "max_n")
-        if most is not None and value > most:
-            raise ValueError(f"must be at most {most}")
-        return value
+        return at_most(value, info, "max_n")
 
     @field_validator("stop")
     @classmethod

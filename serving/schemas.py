@@ -45,6 +45,22 @@ def limit(info: ValidationInfo, name: str) -> int | None:
     return getattr(settings, name) if settings is not None else None
 
 
+def at_most(value, info: ValidationInfo, setting: str):
+    """A number no larger than the gateway's setting `setting` (None passes)."""
+    most = limit(info, setting)
+    if most is not None and value is not None and value > most:
+        raise ValueError(f"must be at most {most}")
+    return value
+
+
+def at_most_chars(value: str, info: ValidationInfo, setting: str) -> str:
+    """A text no longer than the gateway's setting `setting`."""
+    most = limit(info, setting)
+    if most is not None and len(value) > most:
+        raise ValueError(f"at most {most} characters")
+    return value
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -132,18 +148,12 @@ class CompletionRequest(Request):
     @field_validator("max_tokens")
     @classmethod
     def max_tokens_within_limit(cls, value, info: ValidationInfo):
-        most = limit(info, "max_tokens")
-        if most is not None and value > most:
-            raise ValueError(f"must be at most {most}")
-        return value
+        return at_most(value, info, "max_tokens")
 
     @field_validator("n", "best_of")
     @classmethod
     def n_within_limit(cls, value, info: ValidationInfo):
-        most = limit(info, "max_n")
-        if most is not None and value is not None and value > most:
-            raise ValueError(f"must be at most {most}")
-        return value
+        return at_most(value, info, "max_n")
 
     @field_validator("stop")
     @classmethod
@@ -223,18 +233,12 @@ class GenerateRequest(Request):
     @field_validator("prompt")
     @classmethod
     def prompt_within_limit(cls, value, info: ValidationInfo):
-        most = limit(info, "max_prompt_chars")
-        if most is not None and len(value) > most:
-            raise ValueError(f"at most {most} characters")
-        return value
+        return at_most_chars(value, info, "max_prompt_chars")
 
     @field_validator("max_chars")
     @classmethod
     def max_chars_within_limit(cls, value, info: ValidationInfo):
-        most = limit(info, "max_tokens")
-        if most is not None and value > most:
-            raise ValueError(f"must be at most {most}")
-        return value
+        return at_most(value, info, "max_tokens")
 
 
 class ScoreRequest(Request):
@@ -250,10 +254,7 @@ class ScoreRequest(Request):
     @field_validator("text")
     @classmethod
     def text_within_limit(cls, value, info: ValidationInfo):
-        most = limit(info, "max_score_chars")
-        if most is not None and len(value) > most:
-            raise ValueError(f"at most {most} characters")
-        return value
+        return at_most_chars(value, info, "max_score_chars")
 
 
 class ActivationsRequest(Request):
@@ -271,10 +272,7 @@ class ActivationsRequest(Request):
     @field_validator("text")
     @classmethod
     def text_within_limit(cls, value, info: ValidationInfo):
-        most = limit(info, "max_activation_chars")
-        if most is not None and len(value) > most:
-            raise ValueError(f"at most {most} characters")
-        return value
+        return at_most_chars(value, info, "max_activation_chars")
 
 
 class TokenizeRequest(Request):
@@ -291,10 +289,7 @@ class TokenizeRequest(Request):
     @field_validator("prompt")
     @classmethod
     def prompt_within_limit(cls, value, info: ValidationInfo):
-        most = limit(info, "max_prompt_chars")
-        if most is not None and len(value) > most:
-            raise ValueError(f"at most {most} characters")
-        return value
+        return at_most_chars(value, info, "max_prompt_chars")
 
 
 class DetokenizeRequest(Request):
