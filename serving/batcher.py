@@ -4,7 +4,8 @@ the next one; a stream whose client went away is dropped before the next one.
 
 Chunk sizes: a stream's first call generates `first_chunk` characters and each later call doubles that up to
 `max_chunk`. A call takes as long as its longest row, so the whole call uses the smallest chunk any of its rows
-wants: a newcomer's first characters are not held behind other streams' long chunks. Prompts are fed
+wants: a newcomer's first characters are not held behind other streams' long chunks; only when the call spends
+steps on a prompt piece anyway do its rows generate as many (up to `max_chunk`). Prompts are fed
 `prompt_chunk` characters per call for the same reason. Sampling is keyed by (seed, position in the state),
 so none of this changes a seeded stream's text.
 
@@ -305,10 +306,22 @@ class Batcher:
         return min(self.settings.max_chunk, self.settings.first_chunk << min(stream.generating_calls, 12))
 
     def _advance(self, rows: list[Stream]) -> set[Stream]:
-        chunk = min(self._chunk(s) for s in rows)
         pieces = [s.prompt[: self.settings.prompt_chunk] for s in rows]
         rests = [s.prompt[self.settings.prompt_chunk:] for s in rows]
-        num_chars = [0 if rest else min(chunk, s.remaining) for s, rest in zip(rows, rests)]
+        generating = [not rest for rest in rests]  # this call reaches the end of the row's prompt
+        # The graph feeds every row's prompt piece first (as many steps as the longest), then generates (as many
+        # steps as the most any row asks for). The smallest chunk any generating row wants keeps a newcomer's
+        # first characters from waiting behind long chunks. But when streams already running share the call with a
+        # prompt piece, they would get that chunk (4) for a call of `longest_piece` + 4 steps: under steady
+        # arrivals nearly every call, hence ~5 characters a stream per call. Such a call generates as many
+        # characters as it feeds (up to max_chunk): at most twice its length, for many times the text.
+        chunk = min((self._chunk(s) for s, g in zip(rows, generating) if g), default=0)
+        if any(g and s.generating_calls for s, g in zip(rows, generating)):
+            chunk = max(chunk, min(self.settings.max_chunk, max(len(piece) for piece in pieces)))
+        num_chars = [min(chunk, s.remaining) if g else 0 for s, g in zip(rows, generating)]
+        # Alternatives (20 per character) only when a row asked for them: for TF Serving they are most of a reply.
+        wanted = [name for name in sig.OUTPUTS[sig.GENERATE]
+                  if name not in LOGPROB_ALTERNATIVES or any(s.sampling.logprobs for s in rows)]
         # Always the full width, zeros for a fresh start: TF Serving's batching stacks calls from many
         # gateways and fails a batch whose inputs differ beyond the batch dimension ([n, 0] next to [m, width]).
         states = sig.fresh_states(len(rows), rows[0].state_size)
@@ -318,7 +331,7 @@ class Batcher:
         inputs = sig.generate_inputs(pieces, states, num_chars, [s.sampling for s in rows])
         started = time.perf_counter()
         try:
-            outputs = self.backend.call(sig.GENERATE, rows[0].version, inputs, sig.OUTPUTS[sig.GENERATE])
+            outputs = self.backend.call(sig.GENERATE, rows[0].version, inputs, tuple(wanted))
         except ModelInterfaceError as e:
             for stream in rows:
                 self._end(stream, Failed(stream.index, e))
@@ -350,6 +363,9 @@ class Batcher:
                 finished.add(stream)
         self.metrics.chars.inc(generated)
         return finished
+
+
+LOGPROB_ALTERNATIVES = ("top_ids", "top_log_probs")  # generate's outputs read only for a row's `logprobs`
 
 
 def chunk_of(outputs: dict[str, np.ndarray], row: int, stream: Stream, text: str) -> Chunk:

@@ -8,6 +8,9 @@ import logging
 import threading
 from pathlib import Path
 
+import numpy as np
+
+from model_interface import signatures as sig
 from model_interface.client import InProcess, ModelClient
 from model_interface.errors import ModelUnavailable, VersionNotFound
 from model_interface.versions import complete_versions
@@ -16,6 +19,22 @@ from serving.backend import Backend, ServedModel
 log = logging.getLogger(__name__)
 
 KEEP_VERSIONS = 2  # the served version and the one before it, for the streams that started on it
+# TensorFlow keeps some memory for every input shape it has run (measured: RSS grows with each new batch size and
+# levels off only once every size has been seen), so batched signatures run with the batch padded to a power of
+# two: 7 sizes up to 64 rows instead of 64. The extra rows repeat the last one and are dropped from the outputs; a
+# row's results never depend on its batch-mates (the signatures guarantee it), and at these sizes a step costs
+# about the same for 33 rows as for 64 (it reads the weights once either way).
+PADDED_SIGNATURES = (sig.GENERATE, sig.SCORE, sig.ACTIVATIONS)
+
+
+def padded_rows(rows: int) -> int:
+    return 1 << max(0, rows - 1).bit_length()
+
+
+def pad_batch(inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """Every input (batch first) to `rows` rows, repeating its last row."""
+    return {name: np.concatenate([value, np.repeat(value[-1:], rows - len(value), axis=0)]) if rows > len(value)
+            else value for name, value in inputs.items()}
 
 
 class LocalBackend(Backend):
@@ -55,6 +74,13 @@ class LocalBackend(Backend):
             return
         if self._model is None:
             raise ModelUnavailable(f"no loadable model version in {self.model_dir}")
+
+    def call(self, signature, version, inputs, outputs=None):
+        rows = len(next(iter(inputs.values())))
+        if signature not in PADDED_SIGNATURES or padded_rows(rows) == rows:
+            return super().call(signature, version, inputs, outputs)
+        result = super().call(signature, version, pad_batch(inputs, padded_rows(rows)), outputs)
+        return {name: value[:rows] for name, value in result.items()}
 
     def client(self, version: int) -> ModelClient:
         with self._lock:

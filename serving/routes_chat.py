@@ -37,6 +37,7 @@ from serving.errors import APIError, bad_request
 from serving.generation import RequestStreams, event_stream, random_seed, sse
 from serving.logprobs import CharScores
 from serving.metrics import current_metrics
+from serving.request_body import body_bytes
 from serving.schemas import TextChanges, Usage, parse
 from serving.settings import Settings, current_settings
 
@@ -149,7 +150,7 @@ def conversation(body: ChatCompletionRequest, model: ServedModel, template: Chat
 @bp.post("/chat/completions")
 def chat_completions():
     config = current_settings()
-    body = parse(ChatCompletionRequest, request.get_data(), config)
+    body = parse(ChatCompletionRequest, body_bytes(), config)
     model = resolve_model(body.model)
     template = usable_template(model, config)
     prompt, changes = conversation(body, model, template, config)

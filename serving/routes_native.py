@@ -17,6 +17,7 @@ from serving.batcher import Chunk, Done, current_batcher
 from serving.errors import bad_request
 from serving.generation import RequestStreams, event_stream, random_seed, sse
 from serving.metrics import current_metrics
+from serving.request_body import body_bytes
 from serving.schemas import Activations, ActivationsRequest, Generation, GenerateRequest, Score, ScoreRequest, parse
 from serving.settings import current_settings
 
@@ -53,7 +54,7 @@ class GenerationPiece:
 @bp.post("/generate")
 def generate():
     config = current_settings()
-    body = parse(GenerateRequest, request.get_data(), config)
+    body = parse(GenerateRequest, body_bytes(), config)
     model = resolve_model(body.model)
     kept_seed, state = read_state(body.state, model)
     prompt, changes = unknown_chars.prepare_one(model, body.prompt, "prompt", unknown_chars.policy(body, config))
@@ -106,7 +107,7 @@ def generation_reply(pieces: Iterator[GenerationPiece], head: Generation) -> Gen
 @bp.post("/score")
 def score():
     config = current_settings()
-    body = parse(ScoreRequest, request.get_data(), config)
+    body = parse(ScoreRequest, body_bytes(), config)
     model = resolve_model(body.model)
     kept_seed, state = read_state(body.state, model)
     text, changes = unknown_chars.prepare_one(model, body.text, "text", unknown_chars.policy(body, config),
@@ -125,7 +126,7 @@ def score():
 @bp.post("/activations")
 def activations():
     config = current_settings()
-    body = parse(ActivationsRequest, request.get_data(), config)
+    body = parse(ActivationsRequest, body_bytes(), config)
     model = resolve_model(body.model)
     kept_seed, state = read_state(body.state, model)
     text, changes = unknown_chars.prepare_one(model, body.text, "text", unknown_chars.policy(body, config),

@@ -18,6 +18,7 @@ from serving.errors import bad_request
 from serving.generation import RequestStreams, event_stream, random_seed, sse
 from serving.logprobs import legacy, score_texts
 from serving.metrics import current_metrics
+from serving.request_body import body_bytes
 from serving.routes_chat import chat_template_of
 from serving.schemas import (MAX_STOP, Completion, CompletionChoice, CompletionRequest, ModelCard, ModelLimits,
                              ModelList, Usage, parse)
@@ -61,7 +62,7 @@ def get_model(model_id: str):
 @bp.post("/completions")
 def completions():
     config = current_settings()
-    body = parse(CompletionRequest, request.get_data(), config)
+    body = parse(CompletionRequest, body_bytes(), config)
     model = resolve_model(body.model)
     prompts, changes = unknown_chars.prepare(model, body.prompts, body.prompt_params,
                                              unknown_chars.policy(body, config))

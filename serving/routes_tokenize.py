@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify, request
 from serving import unknown_chars
 from serving.backends import resolve_model
 from serving.errors import bad_request
+from serving.request_body import body_bytes
 from serving.routes_openai import max_model_len
 from serving.schemas import Detokenized, DetokenizeRequest, Tokenized, TokenizeRequest, parse
 from serving.settings import current_settings
@@ -20,7 +21,7 @@ SHOWN = 20  # ids named in a message
 @bp.post("/tokenize")
 def tokenize():
     config = current_settings()
-    body = parse(TokenizeRequest, request.get_data(), config)
+    body = parse(TokenizeRequest, body_bytes(), config)
     model = resolve_model(body.model)
     text, changes = unknown_chars.prepare_one(model, body.prompt, "prompt", unknown_chars.policy(body, config))
     ids = {char: i for i, char in enumerate(model.metadata.vocab)}
@@ -32,7 +33,7 @@ def tokenize():
 
 @bp.post("/detokenize")
 def detokenize():
-    body = parse(DetokenizeRequest, request.get_data(), current_settings())
+    body = parse(DetokenizeRequest, body_bytes(), current_settings())
     model = resolve_model(body.model)
     vocab = model.metadata.vocab
     bad = [(i, t) for i, t in enumerate(body.tokens) if not 0 <= t < len(vocab)]

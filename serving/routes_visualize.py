@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, jsonify, request, send_file
+from flask import Blueprint, jsonify, send_file
+
+from serving.request_body import body_json
 
 bp = Blueprint("visualize", __name__)
 
@@ -40,7 +42,7 @@ def feature_tracks():
     so the order holds whatever the app's JSON key sorting."""
     from analysis.features import FEATURES, feature_tracks as compute
 
-    body = request.get_json(silent=True)
+    body = body_json()
     if not isinstance(body, dict):
         return invalid("the body must be a JSON object {\"text\": ...}", None)
     unknown = sorted(set(body) - {"text"})

@@ -3,7 +3,6 @@ fields and out-of-range values become 400s naming the field); responses document
 feed /openapi.json."""
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -11,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from model_interface.signatures import (MAX_LOGPROBS, MAX_TOP_K, Logprobs, MinP, SamplingSettings, Seed, Temperature,
                                         TopK, TopP)
 from serving.errors import APIError, bad_request
+from serving.request_body import load_json
 
 State = Annotated[str, Field(description="opaque continuation state returned by an earlier call")]
 ACTIVATION_KINDS = ("tanh_cell", "cell", "hidden", "input_gate", "forget_gate", "cell_candidate", "output_gate")
@@ -470,10 +470,7 @@ class Error(BaseModel):
 
 def parse(model: type[Request], raw: bytes, settings) -> Request:
     """The request body -> a validated model, or an APIError (400) naming what is wrong."""
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad_request(f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    data = load_json(raw)
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
     try:

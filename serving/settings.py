@@ -71,8 +71,9 @@ class Settings(BaseSettings):
     # character); each later call doubles it up to max_chunk (fewer calls, less per-call overhead).
     first_chunk: int = Field(4, ge=1, le=4096)
     max_chunk: int = Field(64, ge=1, le=4096)
-    # A long prompt is fed in pieces so it cannot stall the other streams of the batch for long.
-    prompt_chunk: int = Field(256, ge=1)
+    # A long prompt is fed in pieces so it cannot stall the other streams of the batch for long: a piece costs its
+    # batch-mates as many steps as it has characters, so it is no longer than max_chunk's default.
+    prompt_chunk: int = Field(64, ge=1)
     max_batch: int = Field(64, ge=1, description="rows in one backend call")
     # A stream that receives nothing for this long ends with an error instead of hanging its thread.
     stream_idle_timeout_s: float = Field(120.0, gt=0)

@@ -37,6 +37,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+MAX_POSITION = 2 ** 24  # float32 counts every whole number up to here
 PURPOSE = b"charlm continuation state v1\n"  # what the signature is for: a secret shared with other uses stays apart
 EXTENSION = "charlm.state_signer"
 _B64 = re.compile(r"[A-Za-z0-9_-]+")
@@ -111,8 +112,19 @@ def decode(token: str, model: str, version: int, state_size: int, secrets: Seque
     state = np.frombuffer(raw, "<f4").astype(np.float32)
     if not np.all(np.isfinite(state)):
         raise StateError("state holds invalid numbers: NaN or infinite values", "numbers")
-    if state[-1] < 0 or state[-1] != np.floor(state[-1]):
+    position = state[-1]
+    if position < 0 or position != np.floor(position):
         raise StateError("state holds invalid numbers: its position is not a whole number of characters", "numbers")
+    if position > MAX_POSITION:
+        raise StateError(f"state holds invalid numbers: its position {position:.0f} is past {MAX_POSITION:,} "
+                         "characters, where float32 stops counting whole characters", "numbers")
+    # From the zero state a recurrent net cannot leave these bounds: h = o * tanh(c) (LSTM), a mix of tanh values
+    # (GRU) or tanh (RNN) stays within 1, and an LSTM's c_t = f * c_{t-1} + i * g grows by less than 1 a step. A
+    # larger number was never produced by the model; it would overflow its matmuls into NaN.
+    largest = float(np.max(np.abs(state[:-1]), initial=0.0))
+    if largest > max(1.0, float(position)):
+        raise StateError(f"state holds invalid numbers: {largest:.3g} is beyond what the model reaches in "
+                         f"{position:.0f} characters", "numbers")
     return seed, state
 
 

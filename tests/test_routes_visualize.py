@@ -13,6 +13,7 @@ from flask import Flask
 
 import browser as chromium
 from analysis.features import feature_tracks
+from serving import errors
 from serving.routes_visualize import MAX_FEATURE_CHARS, bp
 
 
@@ -20,6 +21,7 @@ from serving.routes_visualize import MAX_FEATURE_CHARS, bp
 def client():
     app = Flask(__name__)
     app.register_blueprint(bp)
+    errors.init_app(app)  # the gateway's error envelope, as create_app attaches it
     return app.test_client()
 
 

@@ -74,3 +74,19 @@ def test_not_json_on_every_post_route(app, path):
     assert_error(app.test_client().post(path, data="prompt=hello", content_type="application/x-www-form-urlencoded"),
                  400, code="invalid_json")
     assert_error(app.test_client().post(path), 400, code="invalid_json")  # no body at all
+
+
+DEEP_BODIES = {  # Python's json recurses once per level: these pass its recursion limit (1,000) before any end
+    "arrays": b"[" * 3000,
+    "objects": b'{"":' * 1000,
+    "in_a_field": b'{"model": "charlm", "prompt": ' + b"[" * 3000,
+}
+
+
+@pytest.mark.parametrize("kind", DEEP_BODIES)
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/v1/generate", "/v1/score",
+                                  "/v1/activations", "/tokenize", "/detokenize", "/visualize/features"])
+def test_json_nested_past_the_recursion_limit_is_a_400(app, path, kind):
+    response = app.test_client().post(path, data=DEEP_BODIES[kind], content_type="application/json")
+    error = assert_error(response, 400, code="invalid_json")
+    assert "nested too deeply" in error["message"]

@@ -4,6 +4,7 @@ registry, and by a raw socket that hangs up mid-stream. Spawned once."""
 import os
 import runpy
 import signal
+import json
 import socket
 from pathlib import Path
 
@@ -253,6 +254,37 @@ def test_hanging_up_a_plain_request_stops_the_generation(gateway):
     scraped = metrics(url)
     assert metric_value(scraped, "charlm_cancelled_streams_total") == before + 1
     assert metric_value(scraped, "charlm_generated_chars_total") - chars_before < 8192
+
+
+def raw_reply(port: int, request: bytes) -> bytes:
+    """Everything the server sends back for one raw request, until it closes or stays quiet for 10 s."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        reply = b""
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+                if b"\r\n\r\n" in reply and b'"error"' in reply:
+                    break
+        except TimeoutError:
+            pass
+    return reply
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunks", [
+    b"zz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is not hexadecimal
+    b"2\r\n{\"model\": \"charlm\"}\r\n0\r\n\r\n",  # a chunk longer than its size: no CRLF where it ends
+])
+def test_a_chunked_body_with_broken_framing_is_a_400_envelope(gateway, chunks):
+    """gunicorn's reader raises inside request.get_data(); the gateway answers for it (serving/request_body.py)."""
+    reply = raw_reply(gateway.port, b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                      b"Authorization: Bearer " + API_KEY.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n", 1)[0].split()[1] == b"400", reply[:500]
+    error = json.loads(body[body.index(b"{"):body.rindex(b"}") + 1])["error"]
+    assert error["code"] == "invalid_body" and "chunked framing is broken" in error["message"]
+    assert requests.get(gateway.url + "/healthz", timeout=10).status_code == 200  # the worker is still there
 
 
 @pytest.mark.slow

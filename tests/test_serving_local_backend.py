@@ -3,6 +3,7 @@ import os
 import shutil
 import threading
 
+import numpy as np
 import pytest
 
 from model_interface.errors import VersionNotFound
@@ -87,3 +88,26 @@ def test_newer_versions_are_served_without_a_restart(model_dir, exported_model):
     backend.call("metadata", 2, metadata_inputs())
     with pytest.raises(VersionNotFound):
         backend.call("metadata", 1, metadata_inputs())
+
+
+def test_batches_run_padded_to_a_power_of_two_and_each_row_is_its_own(model_dir):
+    """Fewer shapes for TensorFlow to keep memory for; the padding rows never show, and never change a row."""
+    from model_interface import signatures as sig
+    from model_interface.signatures import SamplingSettings, fresh_states, generate_inputs, text_inputs
+    from serving.local_backend import pad_batch, padded_rows
+
+    assert [padded_rows(n) for n in (1, 2, 3, 4, 5, 33, 64)] == [1, 2, 4, 4, 8, 64, 64]
+    padded = pad_batch({"text": np.asarray(["a", "b", "c"], object)}, 4)["text"]
+    assert padded.tolist() == ["a", "b", "c", "c"]
+    backend = LocalBackend(Settings(model_dir=model_dir))
+    backend.refresh()
+    prompts, settings = ["ROMEO:", "A", "KING"], [SamplingSettings(seed=s, temperature=0.9) for s in (1, 2, 3)]
+    together = backend.call(sig.GENERATE, 1, generate_inputs(prompts, fresh_states(3), [30, 5, 12], settings))
+    assert {value.shape[0] for value in together.values()} == {3}
+    for i in range(3):
+        alone = backend.call(sig.GENERATE, 1, generate_inputs(prompts[i:i + 1], fresh_states(1), [[30, 5, 12][i]],
+                                                              settings[i:i + 1]))
+        assert alone["text"][0] == together["text"][i]
+        np.testing.assert_allclose(alone["state"][0], together["state"][i], atol=1e-5)
+    scores = backend.call(sig.SCORE, 1, text_inputs(["First", "Citizen", "ab"]))
+    assert scores["log_probs"].shape[0] == 3

@@ -130,10 +130,22 @@ def test_a_state_of_another_version_names_both_versions():
     (np.r_[np.zeros(64), np.inf], "numbers", "NaN or infinite"),
     (np.r_[np.zeros(64), -1.0], "numbers", "position"),
     (np.r_[np.zeros(64), 2.5], "numbers", "position"),
+    (np.r_[np.zeros(64), 2.0 ** 30], "numbers", "past 16,777,216 characters"),
+    (np.r_[np.full(64, 3e38), 100.0], "numbers", "3e\\+38 is beyond what the model reaches in 100 characters"),
+    (np.r_[np.zeros(10), 1.5, np.zeros(53), 0.0], "numbers", "1.5 is beyond"),
+    (np.r_[np.zeros(10), -40.0, np.zeros(53), 39.0], "numbers", "40 is beyond"),
 ])
 def test_validly_signed_numbers_the_model_cannot_read_are_refused(numbers, reason, match):
     """Not possible unless our own secret signed them; decode refuses them all the same."""
     refused(encode("charlm", 3, 1, row(numbers), SECRET), reason=reason, match=match)
+
+
+def test_the_largest_numbers_the_model_can_reach_are_accepted():
+    """|h| <= 1 at any position and |c| <= position: the bounds themselves are states the model may produce."""
+    for numbers in (np.r_[np.ones(64), 0.0], np.r_[-np.ones(64), 0.0], np.r_[np.full(64, -39.0), 39.0],
+                    np.r_[np.zeros(64), 2.0 ** 24]):
+        assert np.array_equal(decode(encode("charlm", 3, 1, row(numbers), SECRET), "charlm", 3, WIDTH, [SECRET])[1],
+                              numbers.astype(np.float32))
 
 
 def test_a_validly_signed_state_of_odd_bytes_is_refused():

@@ -46,11 +46,12 @@ def test_generation_through_tfserving_is_the_same_text(client, model_client, ser
     assert len(generate) > 1  # several chunks, each a Predict carrying the state
     spec = generate[-1].model_spec
     assert spec.name == "charlm" and spec.version.value == 1  # pinned to the version the stream started on
-    # The batcher asks for every output of generate: the log-probabilities feed `logprobs` and `best_of`.
-    assert set(generate[-1].output_filter) == set(sig.OUTPUTS[sig.GENERATE])
+    # The batcher asks for generate's outputs but the alternatives (20 a character), which no row here wants; the
+    # chosen characters' log-probabilities feed `logprobs` and `best_of`.
+    assert set(generate[-1].output_filter) == set(sig.OUTPUTS[sig.GENERATE]) - {"top_ids", "top_log_probs"}
 
 
-def test_logprobs_through_tfserving_are_the_local_ones(client, exported_model):
+def test_logprobs_through_tfserving_are_the_local_ones(client, exported_model, service):
     """The prompt's (score) and the generated characters' (generate) log-probabilities over gRPC, output filters
     and all, equal the local backend's."""
     from serving_helpers import shared_app
@@ -61,6 +62,8 @@ def test_logprobs_through_tfserving_are_the_local_ones(client, exported_model):
     assert remote["text"] == local["text"] and remote["logprobs"]["tokens"] == local["logprobs"]["tokens"]
     assert remote["logprobs"]["token_logprobs"][0] is None
     assert np.allclose(remote["logprobs"]["token_logprobs"][1:], local["logprobs"]["token_logprobs"][1:], atol=1e-5)
+    generate = [r for r in service.requests if r.model_spec.signature_name == "generate"][-1]
+    assert {"top_ids", "top_log_probs"} <= set(generate.output_filter)  # asked for: this row wants 3 alternatives
 
 
 def test_models_readyz_score_activations(client, service):
