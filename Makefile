@@ -39,7 +39,7 @@ tf = $(if $(findstring s,$(firstword -$(MAKEFLAGS))),,printf '%s\n' $(call quote
 	status=$$?; wait $$!; exit $$status,$(1))
 quote = '$(subst ','\'',$(1))'
 
-.PHONY: setup browser train export sample test bench bench-train bench-generate bench-serve soak serve report clean k8s-tools images deploy undeploy
+.PHONY: setup browser train export sample test bench bench-train bench-generate bench-serve soak serve report corpus-linux corpus-warandpeace clean k8s-tools images deploy undeploy
 
 setup: $(VENV)/.installed
 
@@ -123,6 +123,36 @@ REPORT_DIR  ?= reports/$(MODEL_NAME)
 REPORT_ARGS ?=
 report: setup
 	@$(call tf,$(PY) -m analysis.report --model $(EXPORT_DIR)/$(MODEL_NAME) --text $(REPORT_TEXT) --out $(REPORT_DIR) $(REPORT_ARGS))
+
+# The paper's Linux corpus (docs/analysis.md), into data/ (never committed): ~6.2M characters of the kernel's .c/.h
+# files, shuffled with a fixed seed, from Debian's linux-source-6.1 tarball (installed as root with apt-get, as
+# `browser` installs Chromium; otherwise make stops, saying how) or KERNEL_SRC=a kernel directory or tarball.
+# Then: make train CORPUS=data/linux-kernel.txt, make report CORPUS=data/linux-kernel.txt.
+KERNEL_SRC     ?=
+KERNEL_TARBALL := /usr/src/linux-source-6.1.tar.xz
+KERNEL_INSTALL := apt-get update && apt-get install -y --no-install-recommends linux-source-6.1
+CORPUS_ARGS    ?=
+corpus-linux: setup
+	@if [ -z "$(KERNEL_SRC)" ] && [ ! -f $(KERNEL_TARBALL) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null; then \
+			echo "make corpus-linux: installing the kernel source: $(KERNEL_INSTALL)"; \
+			$(APT_GET) update && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y --no-install-recommends \
+				linux-source-6.1; \
+		fi; \
+		if [ ! -f $(KERNEL_TARBALL) ]; then \
+			echo "make corpus-linux: needs the kernel source, $(KERNEL_TARBALL). Install it as root:" \
+				"$(KERNEL_INSTALL) (make corpus-linux does that itself when run as root on Debian), or name" \
+				"a kernel tree: make corpus-linux KERNEL_SRC=directory-or-tarball" >&2; \
+			exit 1; \
+		fi; \
+	fi
+	$(PY) -m training.corpus linux $(if $(KERNEL_SRC),--kernel-src $(KERNEL_SRC)) $(CORPUS_ARGS)
+
+# War and Peace (docs/analysis.md): Project Gutenberg's plain text (ebook #2600) downloaded once to data/pg2600.txt
+# and checked by its sha256, or CORPUS=path a local copy of pg2600.txt; its header and licence stripped, into
+# data/warandpeace.txt. Then: make train CORPUS=data/warandpeace.txt.
+corpus-warandpeace: setup
+	$(PY) -m training.corpus warandpeace $(if $(CORPUS),--local $(CORPUS)) $(CORPUS_ARGS)
 
 # --- Deploying (docs/deploy.md) ---------------------------------------------------------------------------------
 # The deploy checks' tools (kubectl with its kustomize, kubernetes-validate, checkov) live in their own virtual

@@ -11,16 +11,20 @@ from __future__ import annotations
 import numpy as np
 
 PAIRS = {")": "(", "]": "[", "}": "{"}
-DISTANCE_EDGES = (1, 6, 11, 21, 51, 101, 201, 10 ** 9)  # buckets [1,5], [6,10], [11,20], …, [201, ∞)
+# Buckets [1,5], [6,10], …, [1001, ∞): a C function's braces are often hundreds of characters apart.
+DISTANCE_EDGES = (1, 6, 11, 21, 51, 101, 201, 501, 1001, 10 ** 9)
 
 
-def closer_distances(text: str) -> list[tuple[int, int, str]]:
+def closer_distances(text: str, skip: np.ndarray | None = None) -> list[tuple[int, int, str]]:
     """(position, distance back to its opener, closer) for every closing bracket that has a matching opener,
-    and every closing '"' (the 2nd, 4th, … quote)."""
+    and every closing '"' (the 2nd, 4th, … quote). Brackets where `skip` (time,) is set are not counted: in code,
+    a '{' in a comment or a '}' in a string literal would pair with the wrong brace."""
     stacks = {opener: [] for opener in PAIRS.values()}
     quote_open = None
     found = []
     for t, char in enumerate(text):
+        if skip is not None and skip[t] and char in "([{}])":
+            continue
         if char in stacks:
             stacks[char].append(t)
         elif char in PAIRS and stacks[PAIRS[char]]:
@@ -51,8 +55,9 @@ def by_distance(positions: np.ndarray, distances: np.ndarray, lstm_log2: np.ndar
 
 
 def advantage(text: str, lstm_log2: np.ndarray, ngram_log2: np.ndarray, top: int = 15, context: int = 40,
-              min_count: int = 20) -> dict:
-    """lstm_log2 and ngram_log2 (the best n-gram model's), both (time,), for the characters of `text`."""
+              min_count: int = 20, skip: np.ndarray | None = None) -> dict:
+    """lstm_log2 and ngram_log2 (the best n-gram model's), both (time,), for the characters of `text`; `skip`:
+    where brackets are not code (inside strings and comments), for closer_distances."""
     gain = lstm_log2 - ngram_log2  # (time,) bits the LSTM saves
     chars = np.array(list(text))
     by_char = []
@@ -65,7 +70,7 @@ def advantage(text: str, lstm_log2: np.ndarray, ngram_log2: np.ndarray, top: int
     by_char.sort(key=lambda row: -row["total_gain_bits"])
     frequent = [row for row in by_char if row["count"] >= min_count]
 
-    closers = closer_distances(text)
+    closers = closer_distances(text, skip)
     closer_rows = {}
     for char in sorted({c for _, _, c in closers}):
         picked = np.array([(t, d) for t, d, c in closers if c == char])

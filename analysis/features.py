@@ -4,6 +4,10 @@ Every track is the value *after reading* character t, which is when the cell at 
 that tracks quotes has flipped on the opening quote itself, a line-position cell is back to 0 on the
 newline. Two tracks look ahead (`newline_ahead`, `word_boundary`): the paper's line-length cell counts down
 towards a newline the model has to predict, and a cell can anticipate the end of a word the same way.
+
+Strings and comments are lexed as the text's language has them: C ("…", '…', /* */, //) or Python-like
+(' " and triple quotes, #). `sniff_language` picks it from the text when the caller does not say (the report
+takes it from the corpus' metadata first).
 """
 from __future__ import annotations
 
@@ -61,14 +65,71 @@ def code_strings_and_comments(text: str) -> tuple[np.ndarray, np.ndarray]:
     return in_string, in_comment
 
 
-def inside_string(text: str) -> np.ndarray:
-    """1 inside a string literal of Python-like code (either quote, triple quotes, escapes)."""
-    return code_strings_and_comments(text)[0]
+def c_strings_and_comments(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """(inside a string or character literal, inside a comment) for C: "…" and '…' with backslash escapes,
+    /* … */ and // to the end of the line. As for Python, the opener is inside and the last character of the
+    closer is not: both characters of "/*" and the '*' of "*/" are inside, its '/' is not. A literal left open
+    and a // comment end with their line (a backslash-newline continuing a line is not followed: rare)."""
+    in_string = np.zeros(len(text), np.float32)
+    in_comment = np.zeros(len(text), np.float32)
+    t, n = 0, len(text)
+    while t < n:
+        if text.startswith("/*", t):
+            end = text.find("*/", t + 2)
+            last = n if end < 0 else end + 1  # the closing '/', outside
+            in_comment[t:last] = 1
+            t = last + 1
+        elif text.startswith("//", t):
+            end = text.find("\n", t)
+            end = n if end < 0 else end
+            in_comment[t:end] = 1  # the newline itself ends the comment
+            t = end
+        elif text[t] in "'\"":
+            quote, u = text[t], t + 1
+            while u < n and text[u] != quote and text[u] != "\n":
+                u += 2 if text[u] == "\\" else 1  # an escaped character cannot close the literal
+            in_string[t:min(u, n)] = 1  # the opening quote up to the closing one (or the newline), not it
+            t = u + 1 if u < n and text[u] == quote else u
+        else:
+            t += 1
+    return in_string, in_comment
 
 
-def inside_comment(text: str) -> np.ndarray:
-    """1 inside a # comment of Python-like code (not the newline that ends it)."""
-    return code_strings_and_comments(text)[1]
+# prose keeps the Python-like lexer these tracks always had: apostrophes trip it there, so ignore them on prose.
+LEXERS = {"python": code_strings_and_comments, "c": c_strings_and_comments, "prose": code_strings_and_comments}
+# Signs that are rare in prose (so no ";\n" or ":\n", which plays and novels are full of).
+C_SIGNS = ("/*", "*/", "//", "#include", "#define", "#if", "{\n", "}\n", ");\n", "->")
+PYTHON_SIGNS = ("def ", "import ", "(self", "):\n", '"""', "'''", "\n    ")
+CODE_SIGNS_PER_1000 = 2.0  # below this many signs per 1,000 characters a text is prose
+
+
+def sniff_language(text: str) -> str:
+    """"c", "python" or "prose", from the text alone: code if it has at least 2 signs of C or Python per 1,000
+    characters (C: comment markers, #include/#define/#if, lines ending in {, } or ');', '->'; Python: def,
+    import, (self, lines ending in "):", triple quotes, 4-space indents), the language with more."""
+    thousands = max(len(text), 1) / 1000
+    c_rate = sum(text.count(sign) for sign in C_SIGNS) / thousands
+    python_rate = sum(text.count(sign) for sign in PYTHON_SIGNS) / thousands
+    if max(c_rate, python_rate) < CODE_SIGNS_PER_1000:
+        return "prose"
+    return "c" if c_rate > python_rate else "python"
+
+
+def strings_and_comments(text: str, language: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    language = language or sniff_language(text)
+    if language not in LEXERS:
+        raise ValueError(f"unknown language {language!r}; known: {', '.join(LEXERS)}")
+    return LEXERS[language](text)
+
+
+def inside_string(text: str, language: str | None = None) -> np.ndarray:
+    """1 inside a string literal: Python-like (either quote, triple quotes, escapes) or C ("…" and '…')."""
+    return strings_and_comments(text, language)[0]
+
+
+def inside_comment(text: str, language: str | None = None) -> np.ndarray:
+    """1 inside a comment, Python's # or C's /* */ and // (not the newline that ends a line comment)."""
+    return strings_and_comments(text, language)[1]
 
 
 def line_position(text: str) -> np.ndarray:
@@ -141,8 +202,8 @@ def word_boundary(text: str) -> np.ndarray:
 # name -> (track, what it means); the report and the live page list them in this order.
 FEATURES = {
     "inside_quotes": (inside_quotes, 'inside a "…" quotation'),
-    "inside_string": (inside_string, "inside a string literal (code: ' \" and triple quotes)"),
-    "inside_comment": (inside_comment, "inside a # comment (code)"),
+    "inside_string": (inside_string, "inside a string literal (code: Python ' \" and triple quotes; C \"…\" '…')"),
+    "inside_comment": (inside_comment, "inside a comment (code: Python #; C /* */ and //)"),
     "line_position": (line_position, "characters since the last newline"),
     "newline_ahead": (newline_ahead, "characters until the next newline"),
     "bracket_depth": (bracket_depth, "open ( [ { brackets"),
@@ -153,9 +214,14 @@ FEATURES = {
 }
 
 
-def feature_tracks(text: str, names=None) -> dict[str, np.ndarray]:
-    """{name: (time,) float32} for every feature (or the named ones)."""
+def feature_tracks(text: str, names=None, language: str | None = None) -> dict[str, np.ndarray]:
+    """{name: (time,) float32} for every feature (or the named ones); strings and comments lexed as `language`
+    ("c", "python" or "prose"; by default the one `sniff_language` finds), once for both tracks."""
     unknown = set(names or ()) - FEATURES.keys()
     if unknown:
         raise ValueError(f"unknown feature(s) {sorted(unknown)}; known: {', '.join(FEATURES)}")
-    return {name: FEATURES[name][0](text) for name in (names or FEATURES)}
+    names = list(names or FEATURES)
+    lexed = {}
+    if {"inside_string", "inside_comment"} & set(names):
+        lexed = dict(zip(("inside_string", "inside_comment"), strings_and_comments(text, language)))
+    return {name: lexed[name] if name in lexed else FEATURES[name][0](text) for name in names}

@@ -125,3 +125,25 @@ def advantage_bars(result: dict) -> bytes:
         right.legend(fontsize=8)
     figure.tight_layout()
     return png(figure)
+
+
+def long_range(result: dict) -> bytes:
+    """The paper's long-range comparison: mean bits the LSTM saves over the best n-gram model on newlines by
+    the distance back to the previous newline, and on closing braces by the distance back to their opener;
+    each bucket labelled with how many characters it averages."""
+    panels = [("newline", "distance back to the previous newline", result["newline_by_distance"]),
+              ("closing }", "distance back to the matching {", result["closers_by_distance"].get("}", []))]
+    panels = [panel for panel in panels if panel[2]]
+    figure = Figure(figsize=(5 * len(panels), 3.4))
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, xlabel, rows) in zip(axes, panels):
+        gains = [r["gain_bits"] for r in rows]
+        ax.bar([f"{r['distance']}\nn={r['count']:,}" for r in rows], gains,
+               color=["tab:purple" if g >= 0 else "tab:gray" for g in gains])
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_title(f"{name}: LSTM vs best n-gram", fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.tick_params(axis="x", labelsize=8)
+    axes[0].set_ylabel("mean bits saved per character")
+    figure.tight_layout()
+    return png(figure)

@@ -7,6 +7,10 @@ The corpus is split as training split it (validation = the last val_fraction, fr
 The n-gram models are counted on the training split and every model is scored on the whole validation
 split; activations (cells, saturation) are taken on its first --activation-chars characters. Writes
 OUT/report.html (figures embedded), OUT/report.json (every number), OUT/figures/*.png.
+
+On code (C or Python, see corpus_language) strings and comments are lexed as that language has them, brackets
+inside them are left out of the bracket matching, and the page adds the paper's code cells and its long-range
+comparison on closing braces.
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ from model_interface.errors import ModelInterfaceError
 PAPER = ("The paper's best LSTM against its 20-gram model, test cross-entropy in bits per character: "
          "1.077 vs 1.195 on War and Peace, 0.84 vs 0.889 on the Linux kernel source.")
 WINDOW_CHARS = 500  # characters of text shown coloured by each feature's best cell
+CODE_FEATURES = ("bracket_depth", "indentation", "inside_comment", "inside_string", "inside_quotes")  # the Linux cells
+LANGUAGES = ("c", "python", "prose")
 
 
 class Progress:
@@ -75,10 +81,29 @@ def open_client(model: str | None = None, tfserving: str | None = None, name: st
     return client
 
 
+def corpus_language(text_path: Path, text: str, language: str | None = None) -> tuple[str, str]:
+    """(language, what decided it): --language if given; else the "language" of the corpus' own metadata beside
+    it (data/linux-kernel.json, written by `python -m training.corpus`) when its sha256 is this text's; else a
+    sniff of the text (features.sniff_language)."""
+    if language:
+        return language, "--language"
+    facts_path = Path(text_path).with_suffix(".json")
+    try:
+        facts = json.loads(facts_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        facts = None
+    if isinstance(facts, dict) and facts.get("language") in LANGUAGES and \
+            facts.get("sha256") == hashlib.sha256(text.encode("utf-8")).hexdigest():
+        return facts["language"], str(facts_path)
+    return features.sniff_language(text), "a sniff of the text"
+
+
 def analyse(client: ModelClient, text: str, activation_chars: int = 20_000, max_order: int = ngrams.MAX_ORDER,
-            regions: int = 16) -> tuple[dict, dict[str, bytes], dict]:
+            regions: int = 16, language: str | None = None,
+            language_from: str = "a sniff of the text") -> tuple[dict, dict[str, bytes], dict]:
     """Runs every analysis; returns (numbers for the JSON, PNG figures by name, extras for the HTML)."""
     timings = {}
+    language = language or features.sniff_language(text)
     meta = client.metadata
     train, val = meta.split(text)
     if not train or not val:
@@ -108,7 +133,7 @@ def analyse(client: ModelClient, text: str, activation_chars: int = 20_000, max_
     sample = val[:sample_end]
     # The features of exactly what the model read: it starts fresh at the validation split, so a quote opened
     # before it is as unknown to the feature as to the model.
-    tracks = features.feature_tracks(sample)
+    tracks = features.feature_tracks(sample, language=language)
     cell_values = values.get("tanh_cell", values["hidden"])  # (time, layers, hidden)
     ranking = cells.rank_cells(cell_values, tracks)
     timings["activations_and_cells_s"] = round(time.time() - started, 1)
@@ -131,7 +156,9 @@ def analyse(client: ModelClient, text: str, activation_chars: int = 20_000, max_
     started = time.time()
     say("breaking down the LSTM's errors")
     breakdown = errors.error_breakdown(val, lstm_log2, ngram_log2, train)
-    gains = advantage.advantage(val, lstm_log2, ngram_log2[best_order - 1])
+    # In code a bracket inside a string or comment is text, not structure: it must not pair with a real one.
+    skip = np.maximum(*features.strings_and_comments(val, language)) if language != "prose" else None
+    gains = advantage.advantage(val, lstm_log2, ngram_log2[best_order - 1], skip=skip)
     timings["errors_s"] = round(time.time() - started, 1)
 
     results = {
@@ -156,14 +183,21 @@ def analyse(client: ModelClient, text: str, activation_chars: int = 20_000, max_
                                     for g, sides in gate_fractions.items()}},
         "errors": breakdown,
         "advantage": gains,
+        "language": {"language": language, "decided_by": language_from},
         "timings": timings,
     }
+    if language != "prose":
+        results["code"] = {"cells": {name: ranking[name]["best"][0] if ranking[name]["best"] else
+                                     {"note": ranking[name].get("note", "")} for name in CODE_FEATURES},
+                           "brace_by_distance": gains["closers_by_distance"].get("}", [])}
 
     say("drawing figures")
     pngs = {"ngrams": figures.ngram_curve(ngram_bpc.tolist(), lstm_bpc),
             "errors": figures.error_bars(breakdown), "advantage": figures.advantage_bars(gains)}
     if gate_fractions:
         pngs["saturation"] = figures.saturation_scatter(gate_fractions)
+    if gains["closers_by_distance"].get("}"):
+        pngs["long_range"] = figures.long_range(gains)
     if windows:
         pngs["cells"] = figures.cell_traces([{**w, "values": w["values"][:200], "feature": w["feature"][:200]}
                                              for w in windows])
@@ -230,6 +264,13 @@ def render_html(results: dict, pngs: dict[str, bytes], extras: dict) -> str:
                                                                           "ngram_bits", "gain_bits"])
                       for c, rows in gains["closers_by_distance"].items()) or \
         "<p>No closing brackets or quotes in the validation text.</p>"
+    code = code_section(results)
+    long_range = "" if "long_range" not in pngs else f"""<h3>Long-range: newlines and closing braces by distance</h3>
+<p>Mean bits per character the LSTM saves over the best n-gram model, on newlines by the length of the line they
+end and on each closing brace <code>}}</code> by its distance back to the matching <code>{{</code> (braces in
+comments and strings left out), the paper's long-range comparison. The paper found the LSTM's advantage growing
+with the distance, where an n-gram model's context no longer reaches the opener.</p>
+{image(pngs, "long_range", "bits saved on newlines and closing braces by distance")}"""
     examples = table([{**e, "before": e["before"].replace("\n", "↵")[-30:], "char": repr(e["char"])}
                       for e in gains["largest_gains"][:10]], ["before", "char", "lstm_p", "ngram_p", "gain_bits"])
     return f"""<!doctype html>
@@ -264,6 +305,7 @@ feature track: chosen on the first half of the activation sample, scored (held-o
 <p class="note">Below, each feature's best cell over held-out text, each character's background by the cell's
 value (the paper's Figure 2): red −1, white 0, blue +1. Hover a character for its value.</p>
 {windows}
+{code}
 
 <h2>Gate saturation (the paper's Figure 3)</h2>
 <p>Each point is one gate unit: how often it is left-saturated (&lt; 0.1) and right-saturated (&gt; 0.9) on the
@@ -283,6 +325,7 @@ activation sample.</p>
 {table(gains["newline_by_distance"], ["distance", "count", "lstm_bits", "ngram_bits", "gain_bits"])}
 <h3>Closing brackets and quotes, by distance back to the opener</h3>
 {closers}
+{long_range}
 <h3>The largest single gains</h3>
 {examples}
 
@@ -296,6 +339,25 @@ Each error goes to the first category that explains it.</p>
 <p class="note">Timings (s): {html.escape(json.dumps(results['timings']))}. Every number is in report.json.</p>
 </body></html>
 """
+
+
+def code_section(results: dict) -> str:
+    """The paper's Linux cells, on a code corpus: each code feature's best cell with its held-out r."""
+    if "code" not in results:
+        return ""
+    language = results["language"]
+    rows = []
+    for name, best in results["code"]["cells"].items():
+        found = "layer" in best
+        rows.append({"feature": name, "meaning": results["cells"]["feature_definitions"][name],
+                     "best cell (layer, cell)": f"{best['layer'] + 1}, {best['cell']}" if found else "—",
+                     "held-out r": f"{best['r_held_out']:+.3f}" if found and best["r_held_out"] is not None
+                     else best.get("note", "—")})
+    return f"""<h3>Code cells (the paper's Linux cells)</h3>
+<p>The text is code: {html.escape(language['language'])} (decided by {html.escape(language['decided_by'])}); strings
+and comments are lexed as {html.escape(language['language'])} has them. The best cell for each of the paper's
+code features, held-out r as above.</p>
+{table(rows, ["feature", "meaning", "best cell (layer, cell)", "held-out r"])}"""
 
 
 def write_report(out: Path, results: dict, pngs: dict[str, bytes], extras: dict) -> Path:
@@ -321,6 +383,9 @@ def main(argv=None) -> int:
     parser.add_argument("--activation-chars", type=int, default=20_000,
                         help="validation characters to take activations on (default: 20000)")
     parser.add_argument("--max-order", type=int, default=ngrams.MAX_ORDER, help="highest n-gram order (default: 20)")
+    parser.add_argument("--language", choices=LANGUAGES,
+                        help="what the text is, for the string and comment lexer and the code sections (default: "
+                             "the corpus' metadata JSON beside it, else a sniff of the text)")
     args = parser.parse_args(argv)
     if args.activation_chars < 100:
         parser.error(f"--activation-chars must be at least 100, got {args.activation_chars}")
@@ -337,7 +402,10 @@ def main(argv=None) -> int:
         try:
             meta = client.metadata
             say(f"model: {client.description} ({meta.cell}, {meta.num_layers}x{meta.hidden_size})")
-            results, pngs, extras = analyse(client, text, args.activation_chars, args.max_order)
+            language, language_from = corpus_language(text_path, text, args.language)
+            say(f"language: {language} ({language_from})")
+            results, pngs, extras = analyse(client, text, args.activation_chars, args.max_order,
+                                            language=language, language_from=language_from)
         finally:
             client.close()
     except (ModelError, ModelInterfaceError) as e:  # a LayoutError names --model; the others arise mid-analysis

@@ -30,3 +30,31 @@ def test_gains_by_character_and_by_distance():
     assert result["largest_gains"][0]["position"] == far_close
     assert result["largest_gains"][0]["before"].endswith("a" * 30)
     assert result["mean_gain_bits"] == pytest.approx(5.0 / n, abs=1e-4)
+
+
+def test_in_code_braces_inside_comments_and_literals_do_not_pair():
+    from analysis.features import strings_and_comments
+
+    text = "{'}'/*{*/}"
+    #        0 1 2 3 4 5 6 7 8 9
+    skip = np.maximum(*strings_and_comments(text, "c"))
+    assert skip.tolist() == [0, 1, 1, 0, 1, 1, 1, 1, 0, 0]
+    assert closer_distances(text, skip) == [(9, 9, "}")]  # the real '}' closes the real '{'
+    assert closer_distances(text) == [(2, 2, "}"), (9, 3, "}")]  # character by character they pair wrongly
+
+
+def test_far_braces_get_buckets_of_their_own():
+    text = "{" + "x" * 600 + "}" + "{" + "x" * 2000 + "}"
+    gain = advantage(text, np.zeros(len(text)), np.full(len(text), -1.0), min_count=1)
+    rows = gain["closers_by_distance"]["}"]
+    assert [(r["distance"], r["count"]) for r in rows] == [("501-1000", 1), ("1001+", 1)]
+    assert all(r["gain_bits"] == 1.0 for r in rows)
+
+
+def test_the_long_range_figure_draws_newlines_and_braces():
+    from analysis.figures import long_range
+
+    text = "{\n" + "a" * 30 + "\n}\n{b}\n"
+    gain = advantage(text, np.full(len(text), -1.0), np.full(len(text), -2.0), min_count=1)
+    assert set(gain["closers_by_distance"]) == {"}"}
+    assert long_range(gain)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -69,3 +69,54 @@ def test_every_feature_has_one_value_per_character_also_for_empty_and_non_ascii_
 def test_unknown_feature_is_refused_by_name():
     with pytest.raises(ValueError, match="nonsense"):
         feature_tracks("abc", ["nonsense"])
+
+
+# --- C ------------------------------------------------------------------------------------------------------
+def c_track(name, text):
+    return feature_tracks(text, [name], language="c")[name].tolist()
+
+
+def test_c_block_and_line_comments_include_their_opener_but_not_the_closing_slash_or_newline():
+    text = "a/*b*/c//d\ne"
+    #        a  /  *  b  *  /  c  /  /  d  \n e
+    assert c_track("inside_comment", text) == [0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0]
+    assert c_track("inside_string", text) == [0] * 12
+    assert c_track("inside_comment", "x/*\n{*") == [0, 1, 1, 1, 1, 1]  # left open: to the end of the text
+
+
+def test_c_string_and_char_literals_with_escapes():
+    text = 'p("%d\\n", \'"\');'
+    #        p  (  "  %  d  \  n  "  ,  ' ' '  "  '  )  ;
+    assert c_track("inside_string", text) == [0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0]
+    text = "c='\\'';"
+    #        c  =  '  \  '  '  ;
+    assert c_track("inside_string", text) == [0, 0, 1, 1, 1, 0, 0]
+
+
+def test_c_comment_markers_in_strings_and_quotes_in_comments_are_just_characters():
+    text = "\"/*\"/*'*/x"
+    #        "  /  *  "  /  *  '  *  /  x
+    assert c_track("inside_string", text) == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert c_track("inside_comment", text) == [0, 0, 0, 0, 1, 1, 1, 1, 0, 0]
+    text = "// don't\nx"  # the apostrophe of a comment opens no literal
+    assert c_track("inside_string", text) == [0] * 10
+    assert c_track("inside_comment", text) == [1] * 8 + [0, 0]
+
+
+def test_a_c_literal_left_open_ends_with_its_line_and_preprocessor_lines_are_not_comments():
+    assert c_track("inside_string", "it's\nx") == [0, 0, 1, 1, 0, 0]
+    assert c_track("inside_comment", "#include <a.h>\n") == [0] * 15
+    assert track("inside_comment", "#include <a.h>\n") == [0] * 15  # sniffed as C from the #include
+    assert feature_tracks("#include <a.h>\n", ["inside_comment"], language="python")["inside_comment"].tolist() \
+        == [1] * 14 + [0]
+
+
+def test_the_language_is_sniffed_from_the_text():
+    from analysis.features import sniff_language
+
+    assert sniff_language("static int f(void)\n{\n\treturn g(x);\n}\n") == "c"
+    assert sniff_language("import os\n\n\ndef f(self):\n    return 1\n") == "python"
+    assert sniff_language("ROMEO:\nBut soft; what light through yonder window breaks?\n" * 20) == "prose"
+    assert sniff_language("") == "prose"
+    with pytest.raises(ValueError, match="fortran"):
+        feature_tracks("x", ["inside_string"], language="fortran")
