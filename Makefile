@@ -39,7 +39,7 @@ tf = $(if $(findstring s,$(firstword -$(MAKEFLAGS))),,printf '%s\n' $(call quote
 	status=$$?; wait $$!; exit $$status,$(1))
 quote = '$(subst ','\'',$(1))'
 
-.PHONY: setup browser train export sample test bench bench-train bench-generate bench-serve soak serve report corpus-linux corpus-warandpeace clean k8s-tools images deploy undeploy
+.PHONY: setup browser train export sample sweep test bench bench-train bench-generate bench-serve soak serve report corpus-linux corpus-warandpeace clean k8s-tools images deploy undeploy
 
 setup: $(VENV)/.installed
 
@@ -57,10 +57,18 @@ train: setup
 
 # A new version of RUN_DIR's best weights, whether or not they changed.
 export: setup
-	@$(call tf,$(PY) -m training.export --run-dir $(RUN_DIR) --export-dir $(EXPORT_DIR) --model-name $(MODEL_NAME))
+	@$(call tf,$(PY) -m training.export --run-dir $(RUN_DIR) --export-dir $(EXPORT_DIR) --model-name $(MODEL_NAME) $(EXPORT_ARGS))
 
 sample: setup
 	@$(call tf,$(PY) -m training.sample --model $(EXPORT_DIR)/$(MODEL_NAME) $(SAMPLE_ARGS))
+
+# The paper's Table 1 (docs/sweep.md): every configuration of GRID (tiny | small | paper) trained in turn on CORPUS
+# (tiny-shakespeare when not given), then SWEEP_DIR/table.md, table.json, figure.png. Run it again after a kill: done
+# configurations are skipped, the interrupted one resumes. Exits non-zero if a configuration failed.
+GRID      ?= small
+SWEEP_DIR ?= runs/sweep-$(GRID)
+sweep: setup
+	@$(call tf,$(PY) -m training.sweep run --grid $(GRID) --sweep-dir $(SWEEP_DIR) $(if $(CORPUS),--corpus $(CORPUS)))
 
 # pytest exits 5 when it collects no tests; make fails on any non-zero exit, so that is a failure too.
 # `browser` comes first: a machine that cannot get Chromium stops before a venv is built or a test runs.

@@ -15,6 +15,7 @@ One module per concern:
 - test_k8s_gateway.py: the gateway's settings, its headless gRPC Service to every TF Serving pod, ports, probes
   and graceful shutdown, network policy, HPA/PDB/Ingress;
 - test_k8s_training_jobs.py: the single and multi-worker training Jobs and their entry point;
+- test_sweep_jobs.py: the sweep's Indexed Job (one pod per configuration of training.sweep's grid) and its table Job;
 - test_k8s_readiness_probe.py: TF Serving's probes, the readiness script against a REST model-status stand-in.
 
 Here: the session fixtures (render once, validate once, run checkov once) and the broken inputs they are fed;

@@ -23,10 +23,12 @@ OVERLAYS = {
     "dev-train": "k8s/overlays/dev/train",
     "prod-train": "k8s/overlays/prod/train",
     "prod-train-multiworker": "k8s/overlays/prod/train-multiworker",
+    "prod-sweep": "k8s/overlays/prod/sweep",
+    "prod-sweep-table": "k8s/overlays/prod/sweep-table",
 }
 # Rendered on their own too: schema-checked (no namespace yet, so not policy-checked).
 BASES = {"base": "k8s/base", "training-single": "k8s/training/single",
-         "training-multiworker": "k8s/training/multiworker"}
+         "training-multiworker": "k8s/training/multiworker", "sweep": "k8s/sweep", "sweep-table": "k8s/sweep/table"}
 SERVING = {"dev": "dev-train", "prod": "prod-train"}  # serving overlay -> its training overlay
 
 POD_KINDS = {"Deployment", "Job", "StatefulSet", "DaemonSet", "Pod"}
