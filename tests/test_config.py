@@ -30,7 +30,8 @@ def test_help_documents_every_flag_in_groups(capsys):
     out = capsys.readouterr().out
     for group in ("data:", "model:", "optimisation:", "checkpoints:", "output:"):
         assert group in out
-    for flag in ("--corpus", "--seq-length", "--dropout", "--grad-clip", "--run-dir", "--resume", "--strategy"):
+    for flag in ("--corpus", "--seq-length", "--dropout", "--grad-clip", "--run-dir", "--resume", "--strategy",
+                 "--precision"):
         assert flag in out
 
 
@@ -45,6 +46,7 @@ def test_help_documents_every_flag_in_groups(capsys):
     (["--learning-rate", "0"], "--learning-rate"),
     (["--val-fraction", "1.5"], "--val-fraction"),
     (["--sample-temperatures", "0"], "--sample-temperatures"),
+    (["--precision", "fp16"], "--precision"),
 ])
 def test_bad_values_are_refused_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -63,3 +65,28 @@ def test_non_numeric_value_is_refused_by_argparse(capsys):
 def test_config_error_names_flag():
     with pytest.raises(ConfigError, match="--embedding-size"):
         TrainConfig(embedding_size=0).validate()
+
+
+def test_precision_defaults_to_fp32_and_the_flag_sets_it(tmp_path):
+    assert parse("--preset", "medium").precision == "fp32"
+    config = parse("--preset", "tiny", "--precision", "bf16")
+    assert config.precision == "bf16"
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json").precision == "bf16"
+
+
+def test_precision_fp16_is_refused_naming_the_flag_and_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--precision", "fp16"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--precision must be one of fp32, bf16, got 'fp16'" in err and "Traceback" not in err
+
+
+def test_config_json_of_a_run_from_before_the_precision_flag_loads_as_fp32(tmp_path):
+    config = parse("--preset", "tiny")
+    config.save(tmp_path / "config.json")
+    text = (tmp_path / "config.json").read_text().replace('  "precision": "fp32",\n', "")
+    assert '"precision"' not in text
+    (tmp_path / "config.json").write_text(text)
+    assert TrainConfig.load(tmp_path / "config.json").precision == "fp32"

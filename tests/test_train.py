@@ -128,3 +128,51 @@ def test_resume_after_sigkill_mid_epoch(corpus_slice, tmp_path):
     summary = json.loads(resumed.stdout.split("summary ", 1)[1].splitlines()[0])
     assert summary["global_step"] == total and summary["session_steps"] == total - progress.global_step
     assert not summary["stopped"]
+
+
+@pytest.fixture
+def bf16_units(monkeypatch):
+    """Pretend the CPU has bfloat16 units, so the bf16 path is tested on any CPU (emulated where it has none)."""
+    from training import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+
+
+def test_bf16_run_learns(tiny_config, tmp_path, bf16_units):
+    config = dataclasses.replace(tiny_config, precision="bf16", epochs=1, run_dir=str(tmp_path / "bf16"))
+    summary = train(config)
+    vocab = Vocab.load(tmp_path / "bf16" / "vocab.json")
+    assert summary["best_val_loss"] < 0.7 * math.log(len(vocab))
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
+    weights, _ = read_backup(tmp_path / "bf16" / BACKUP)
+    assert {w.dtype for w in weights.values() if w.dtype.kind == "f"} == {np.dtype("float32")}  # fp32 checkpoints
+
+
+def test_bf16_without_bf16_units_says_so_and_trains_in_fp32(tiny_config, tmp_path, monkeypatch, capsys):
+    from training import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])
+    run_dir = tmp_path / "run"
+    code = main(["--corpus", tiny_config.corpus, "--preset", "tiny", "--run-dir", str(run_dir), "--precision", "bf16",
+                 "--stop-after-steps", "3", "--verbose", "0"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "--precision bf16: this CPU has no bfloat16 units" in err and "training in fp32 instead" in err
+    assert json.loads((run_dir / "config.json").read_text())["precision"] == "fp32"  # what the run trains in
+
+
+def test_resume_keeps_the_saved_precision(tiny_config, tmp_path, bf16_units, capsys):
+    from training.config import build_parser
+    from training.train import resolve_config
+
+    run_dir = tmp_path / "run"
+    first = main(["--corpus", tiny_config.corpus, "--preset", "tiny", "--run-dir", str(run_dir), "--precision", "bf16",
+                  "--stop-after-steps", "3", "--verbose", "0"])
+    assert first == 0
+    resumed = resolve_config(build_parser().parse_args(["--run-dir", str(run_dir), "--resume", "--preset", "small"]))
+    assert resumed.precision == "bf16"
+    with pytest.raises(SystemExit):
+        main(["--run-dir", str(run_dir), "--resume", "--precision", "fp32"])
+    assert "--precision cannot change on --resume" in capsys.readouterr().err
+    summary = train(dataclasses.replace(resumed, stop_after_steps=2), resume=True)
+    assert summary["global_step"] == 5

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.precision import PRECISIONS
+
 CELLS = ("lstm", "gru", "rnn")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 LR_SCHEDULES = ("cosine", "exponential", "constant")
@@ -41,6 +43,7 @@ class TrainConfig:
     explode_factor: float = 3.0  # stop when a loss exceeds this many times the first one (char-rnn)
     seed: int = 1337  # weights, dropout and sampling seeds
     strategy: str = "auto"  # auto | default | mirrored | multiworker (tf.distribute)
+    precision: str = "fp32"  # fp32 | bf16 (Keras' mixed_bfloat16: bf16 matmuls; fp32 weights, loss, cell state)
     # --- checkpoints ---
     run_dir: str = "runs/charlm"  # config, vocab, logs, checkpoints and backups of this run
     backup_every: int = 100  # steps between resumable backups (also at every epoch end)
@@ -76,7 +79,8 @@ class TrainConfig:
             raise ConfigError("explode_factor", f"must be above 1, got {self.explode_factor}")
         if any(not t > 0 for t in self.sample_temperatures):
             raise ConfigError("sample_temperatures", f"must all be positive, got {self.sample_temperatures}")
-        for name, allowed in [("cell", CELLS), ("strategy", STRATEGIES), ("lr_schedule", LR_SCHEDULES)]:
+        for name, allowed in [("cell", CELLS), ("strategy", STRATEGIES), ("lr_schedule", LR_SCHEDULES),
+                              ("precision", PRECISIONS)]:
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
@@ -125,7 +129,8 @@ _GROUPS = {
     "data": ["corpus", "val_fraction", "batch_size", "seq_length"],
     "model": ["cell", "embedding_size", "hidden_size", "num_layers", "dropout"],
     "optimisation": ["learning_rate", "lr_schedule", "lr_decay_rate", "min_lr_fraction", "warmup_steps",
-                     "grad_clip", "epochs", "early_stopping_patience", "explode_factor", "seed", "strategy"],
+                     "grad_clip", "epochs", "early_stopping_patience", "explode_factor", "seed", "strategy",
+                     "precision"],
     "checkpoints": ["run_dir", "backup_every", "stop_after_steps"],
     "output": ["sample_length", "sample_temperatures", "verbose"],
 }

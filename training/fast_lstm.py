@@ -28,9 +28,20 @@ TensorFlow (oneDNN), which runs them faster than XLA does; so the caller's train
 (XLA-compiling the whole step was measured slower on CPU).
 
 Same math in fp32 as keras.layers.LSTM. Anything else takes the stock path unchanged: a visible GPU (where
-cuDNN runs), inference (no gradient needed, and XLA would recompile for every new sequence length), a
+cuDNN runs), inference in fp32 (no gradient needed, and XLA would recompile for every new sequence length), a
 mask, dropout or recurrent dropout while training, other activations, no bias, unroll, go_backwards, a
-compute dtype other than float32.
+compute dtype other than float32 or bfloat16.
+
+Under Keras' mixed_bfloat16 policy (compute bfloat16, variables float32) the same path runs its matmuls in
+bf16: the large ones (input projection, H^T @ dGates, X^T @ dGates, dGates @ kernel^T) through TensorFlow's
+oneDNN kernels, which accumulate in fp32 and round the result to bf16 (measured 1.4-1.9x fp32 at these
+shapes on an AVX512-BF16 CPU). The cell state, the gate arithmetic, the bias and each step's h and dh stay
+fp32; only a matmul's operands are bf16. The loops are then TensorFlow while_loops whose per-step matmul is
+oneDNN's, in bf16, and whose per-step gate arithmetic is a small XLA cluster: XLA's CPU matmul is no faster
+in bf16 than in fp32, oneDNN's is, and XLA still fuses the ~20 gate ops (measured side by side on the medium
+shape: bf16 in fp32 XLA loops < bf16 plain-TensorFlow loops < this; docs/training.md, "bf16 or fp32"). They
+keep Keras' (batch, units) layout, the one oneDNN's matmul wants. The first layer's table and the d_table sum
+stay fp32 (a few vocab rows, and a sum of ~time*batch/vocab rows per id that bf16 would round away).
 """
 import keras
 import tensorflow as tf
@@ -103,16 +114,92 @@ def _backward_loop(gates, cs, d_hs, d_h, d_c, recurrent_kernel):
     return d_gates.stack(), tf.transpose(dh), tf.transpose(dc)
 
 
+BF16 = tf.bfloat16
+
+
+@tf.function(jit_compile=True)
+def _gates_bf16(x_t, bias, z_recurrent, c):
+    """One forward step's gate arithmetic in fp32, fused by XLA: x_t (+ bias, unless None) and z_recurrent
+    (batch, 4*units), c (batch, units) -> the new h (fp32 and bf16), c, and the gate activations
+    (batch, 4*units)."""
+    z = tf.cast(x_t, tf.float32) + tf.cast(z_recurrent, tf.float32)
+    i, f, g, o = tf.split(z if bias is None else tf.nn.bias_add(z, bias), 4, axis=1)
+    i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+    c = f * c + i * g  # fp32: the cell state sums over many steps, bf16 would round it away
+    h = o * tf.tanh(c)
+    return h, tf.cast(h, BF16), c, tf.concat([i, f, g, o], axis=1)
+
+
+@tf.function
+def _forward_loop_bf16(xp, ids, table, bias, h0, c0, recurrent_kernel):
+    """The bf16 forward loop, in (batch, units) layout: each step's matmul in TensorFlow (oneDNN, bf16), its
+    gate arithmetic an XLA cluster (_gates_bf16); see the module docstring.
+
+    Step t's input is xp[t] + bias, xp (time, batch, 4*units) = x @ kernel in bf16, or with xp None, rows
+    ids[t] of table (vocab, 4*units) fp32; h0, c0 (batch, units) fp32; recurrent_kernel (units, 4*units) bf16.
+    -> hs (time+1, batch, units) bf16, cs (time+1, batch, units) fp32, gates (time, batch, 4*units) fp32,
+    and the last h and c in fp32.
+    """
+    steps = tf.shape(ids if xp is None else xp)[0]
+
+    def step(t, h, h_bf16, c, hs, cs, gates):
+        x_t = tf.gather(table, ids[t]) if xp is None else xp[t]
+        # bf16 operands, summed in fp32 by oneDNN, the result rounded to bf16 (as every bf16 matmul here)
+        z_recurrent = tf.matmul(h_bf16, recurrent_kernel)
+        h, h_bf16, c, step_gates = _gates_bf16(x_t, bias, z_recurrent, c)
+        return t + 1, h, h_bf16, c, hs.write(t + 1, h_bf16), cs.write(t + 1, c), gates.write(t, step_gates)
+
+    h0_bf16 = tf.cast(h0, BF16)
+    hs = _buffer(BF16, steps + 1).write(0, h0_bf16)
+    cs = _buffer(tf.float32, steps + 1).write(0, c0)
+    _, h, _, c, hs, cs, gates = tf.while_loop(
+        lambda t, *_: t < steps, step, maximum_iterations=steps,
+        loop_vars=(0, h0, h0_bf16, c0, hs, cs, _buffer(tf.float32, steps)))
+    return hs.stack(), cs.stack(), gates.stack(), h, c
+
+
+@tf.function(jit_compile=True)
+def _gate_gradients_bf16(gates_t, c_prev, c_t, dh, dc, d_output):
+    """One reverse step's gate arithmetic in fp32, fused by XLA -> dGates (batch, 4*units) in bf16 (the
+    operand of the matmuls that use it) and the dc reaching the step before."""
+    i, f, g, o = tf.split(gates_t, 4, axis=1)  # (batch, units) each
+    tanh_c = tf.tanh(c_t)
+    dh = dh + tf.cast(d_output, tf.float32)  # the gradient reaching h_t from the layer's output at t
+    dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+    dz = tf.concat([dc * g * i * (1.0 - i),  # through the sigmoid of each gate, tanh of g
+                    dc * c_prev * f * (1.0 - f),
+                    dc * i * (1.0 - g * g),
+                    dh * tanh_c * o * (1.0 - o)], axis=1)
+    return tf.cast(dz, BF16), dc * f
+
+
+@tf.function
+def _backward_loop_bf16(gates, cs, d_hs, d_h, d_c, recurrent_kernel):
+    """The bf16 reverse loop, as _forward_loop_bf16: carries (dh, dc) in fp32, emits dGates (time, batch,
+    4*units) in bf16; also returns d_h0, d_c0 in fp32."""
+    steps = tf.shape(gates)[0]
+
+    def step(t, dh, dc, d_gates):
+        dz, dc = _gate_gradients_bf16(gates[t], cs[t], cs[t + 1], dh, dc, d_hs[t])
+        dh = tf.cast(tf.matmul(dz, recurrent_kernel, transpose_b=True), tf.float32)
+        return t - 1, dh, dc, d_gates.write(t, dz)
+
+    _, dh, dc, d_gates = tf.while_loop(
+        lambda t, *_: t >= 0, step, maximum_iterations=steps,
+        loop_vars=(steps - 1, d_h, d_c, _buffer(BF16, steps)))
+    return d_gates.stack(), dh, dc
+
+
 def _gradients(hs, cs, gates, h0, c0, recurrent_kernel, d_outputs, d_h, d_c):
     """The backward loop and the recurrent kernel's gradient, shared by both sequence functions.
     Returns dGates (time*batch, 4*units), d_recurrent_kernel, d_h0, d_c0."""
     units = recurrent_kernel.shape[0]
     d_outputs = tf.zeros_like(hs[1:]) if d_outputs is None else d_outputs
-    d_h = tf.zeros_like(h0) if d_h is None else d_h
-    d_c = tf.zeros_like(c0) if d_c is None else d_c
-    d_gates, d_h0, d_c0 = _backward_loop(
-        *map(tf.stop_gradient, (gates, cs, d_outputs, d_h, d_c, recurrent_kernel)))
-    d_gates = tf.reshape(d_gates, (-1, 4 * units))  # (time*batch, 4*units)
+    d_h = tf.zeros_like(h0) if d_h is None else tf.cast(d_h, tf.float32)
+    d_c = tf.zeros_like(c0) if d_c is None else tf.cast(d_c, tf.float32)
+    loop = _backward_loop_bf16 if recurrent_kernel.dtype == BF16 else _backward_loop
+    d_gates, d_h0, d_c0 = loop(*map(tf.stop_gradient, (gates, cs, d_outputs, d_h, d_c, recurrent_kernel)))
+    d_gates = tf.reshape(d_gates, (-1, 4 * units))  # (time*batch, 4*units), bf16 in the bf16 path
     h_prev = tf.reshape(hs[:-1], (-1, units))  # (time*batch, units): h_{t-1} of each row
     return d_gates, tf.matmul(h_prev, d_gates, transpose_a=True), d_h0, d_c0
 
@@ -122,7 +209,11 @@ def lstm_sequence(x, kernel, bias, recurrent_kernel, h0, c0):
 
     x (time, batch, input_dim), kernel (input_dim, 4*units), bias (4*units,),
     recurrent_kernel (units, 4*units), h0 and c0 (batch, units) -> outputs (time, batch, units), h, c.
+    A bf16 recurrent_kernel selects the bf16 path: x and kernel are then bf16 too, the outputs bf16, and h
+    and c come back fp32 (the bias, h0 and c0 may be either; they are used in fp32).
     """
+    if recurrent_kernel.dtype == BF16:
+        return _lstm_sequence_bf16(x, kernel, bias, recurrent_kernel, h0, c0)
 
     @tf.custom_gradient
     def run(x, kernel, bias, recurrent_kernel, h0, c0):
@@ -146,24 +237,65 @@ def lstm_sequence(x, kernel, bias, recurrent_kernel, h0, c0):
     return run(x, kernel, bias, recurrent_kernel, h0, c0)
 
 
+def _like(grads, tensors):
+    """Each gradient in its tensor's dtype (tf.custom_gradient requires it)."""
+    return tuple(tf.cast(g, t.dtype) for g, t in zip(grads, tensors))
+
+
+def _lstm_sequence_bf16(x, kernel, bias, recurrent_kernel, h0, c0):
+    """lstm_sequence's bf16 path: bf16 matmuls, fp32 cell state, gates, bias and carried (h, c)."""
+
+    @tf.custom_gradient
+    def run(x, kernel, bias, recurrent_kernel, h0, c0):
+        inputs = (x, kernel, bias, recurrent_kernel, h0, c0)
+        x, kernel = tf.cast(x, BF16), tf.cast(kernel, BF16)
+        bias32, h0, c0 = (tf.cast(t, tf.float32) for t in (bias, h0, c0))
+        x2 = tf.reshape(x, (-1, x.shape[-1]))  # (time*batch, input_dim) bf16
+        xp = tf.reshape(tf.matmul(x2, kernel), (tf.shape(x)[0], tf.shape(x)[1], -1))  # (time, batch, 4*units) bf16
+        hs, cs, gates, h, c = _forward_loop_bf16(
+            tf.stop_gradient(xp), None, None, *map(tf.stop_gradient, (bias32, h0, c0, recurrent_kernel)))
+
+        def grad(d_outputs, d_h, d_c):
+            d_gates, d_recurrent_kernel, d_h0, d_c0 = _gradients(
+                hs, cs, gates, h0, c0, recurrent_kernel, d_outputs, d_h, d_c)  # d_gates bf16
+            d_kernel = tf.matmul(x2, d_gates, transpose_a=True)
+            d_bias = tf.matmul(tf.ones((1, tf.shape(d_gates)[0]), BF16), d_gates)[0]  # summed in fp32, rounded once
+            d_x = tf.matmul(d_gates, kernel, transpose_b=True)  # (time*batch, input_dim)
+            return _like((tf.reshape(d_x, tf.shape(x)), d_kernel, d_bias, d_recurrent_kernel, d_h0, d_c0),
+                         inputs)
+
+        return (hs[1:], h, c), grad
+
+    return run(x, kernel, bias, recurrent_kernel, h0, c0)
+
+
 def lstm_sequence_from_ids(ids, table, recurrent_kernel, h0, c0):
     """The LSTM over embedded token ids, given each token's input projection.
 
     ids (time, batch) int, table (vocab, 4*units) = embeddings @ kernel + bias: x_t @ kernel + bias is
     row ids[t] of the table, so the projection costs vocab rows instead of time*batch and its gradient is
-    a sum of dGates rows per id. -> outputs (time, batch, units), h, c, as lstm_sequence.
+    a sum of dGates rows per id. -> outputs (time, batch, units), h, c, as lstm_sequence (a bf16
+    recurrent_kernel selects the bf16 path there too; the table stays fp32).
     """
+    bf16 = recurrent_kernel.dtype == BF16
 
     @tf.custom_gradient
     def run(table, recurrent_kernel, h0, c0):
-        hs, cs, gates, h, c = _forward_loop_from_ids(
-            ids, *map(tf.stop_gradient, (table, h0, c0, recurrent_kernel)))
+        inputs = (table, recurrent_kernel, h0, c0)
+        if bf16:
+            table32, h0, c0 = (tf.cast(t, tf.float32) for t in (table, h0, c0))
+            table32, h0, c0, rk = map(tf.stop_gradient, (table32, h0, c0, recurrent_kernel))
+            hs, cs, gates, h, c = _forward_loop_bf16(None, ids, table32, None, h0, c0, rk)
+        else:
+            hs, cs, gates, h, c = _forward_loop_from_ids(
+                ids, *map(tf.stop_gradient, (table, h0, c0, recurrent_kernel)))
 
         def grad(d_outputs, d_h, d_c):
             d_gates, d_recurrent_kernel, d_h0, d_c0 = _gradients(
                 hs, cs, gates, h0, c0, recurrent_kernel, d_outputs, d_h, d_c)
-            d_table = tf.math.unsorted_segment_sum(d_gates, tf.reshape(ids, (-1,)), tf.shape(table)[0])
-            return d_table, d_recurrent_kernel, d_h0, d_c0
+            d_table = tf.math.unsorted_segment_sum(tf.cast(d_gates, table.dtype), tf.reshape(ids, (-1,)),
+                                                   tf.shape(table)[0])
+            return _like((d_table, d_recurrent_kernel, d_h0, d_c0), inputs)
 
         return (hs[1:], h, c), grad
 
@@ -182,7 +314,10 @@ class FastLSTM(keras.layers.LSTM):
         """Whether this call takes the fast path (else keras.layers.LSTM's own loop runs)."""
         cell = self.cell
         return bool(
-            training
+            # In bf16 inference (validation) too: Keras' own loop would keep the cell state in bf16, rounding
+            # away what it sums over hundreds of steps; this path keeps it fp32, and its XLA parts are per step,
+            # so a new sequence length recompiles nothing.
+            (training or self.compute_dtype == "bfloat16")
             and keras.backend.backend() == "tensorflow"
             and not tf.config.list_logical_devices("GPU")  # cuDNN is faster still: keep it
             and mask is None
@@ -193,7 +328,7 @@ class FastLSTM(keras.layers.LSTM):
             and cell.use_bias
             and not self.unroll
             and not self.go_backwards
-            and self.compute_dtype == "float32"
+            and self.compute_dtype in ("float32", "bfloat16")  # bfloat16: Keras' mixed_bfloat16 policy
         )
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
@@ -203,10 +338,14 @@ class FastLSTM(keras.layers.LSTM):
             return super().inner_loop(sequences, initial_state, mask, training=training)
 
         cell = self.cell
+        # inside the layer's call Keras reads every variable in the compute dtype (bf16 under mixed_bfloat16),
+        # which selects lstm_sequence's bf16 path; it hands back h and c in fp32, Keras' contract is the
+        # compute dtype
         outputs, h, c = lstm_sequence(
             tf.transpose(sequences, (1, 0, 2)),  # (time, batch, input_dim)
             tf.convert_to_tensor(cell.kernel), tf.convert_to_tensor(cell.bias),
             tf.convert_to_tensor(cell.recurrent_kernel), initial_state[0], initial_state[1])
+        h, c = tf.cast(h, self.compute_dtype), tf.cast(c, self.compute_dtype)
         if self.return_sequences:
             outputs = tf.transpose(outputs, (1, 0, 2))  # (batch, time, units)
             outputs.set_shape(sequences.shape[:2] + (self.units,))
@@ -230,6 +369,8 @@ def lstm_stack(ids, embeddings, layers, states, between=None, chunks=5):
     states: flat [h, c] per layer, each (batch, units); between(i, x) is applied to layer i's output chunk
     (time, batch, units) before the next layer reads it (dropout).
     -> the last layer's outputs (batch, time, units) and the new flat state list.
+    Layers with a bfloat16 compute dtype (mixed_bfloat16) take the bf16 path: their outputs are bf16, the
+    states stay fp32 (in and out), the first layer's table fp32.
     """
     steps = ids.shape[1]
     chunks = max(1, min(chunks, steps or 1))  # an unknown length runs as one chunk
@@ -243,6 +384,9 @@ def lstm_stack(ids, embeddings, layers, states, between=None, chunks=5):
                                           (cell.kernel, cell.bias, cell.recurrent_kernel))
         if i == 0:
             table = tf.nn.bias_add(tf.matmul(embeddings, kernel), bias)  # (vocab, 4*units)
+        if layer.compute_dtype == "bfloat16":
+            # cast once for all chunks; autodiff casts each chunk's gradient back and sums it in fp32
+            kernel, recurrent_kernel = tf.cast(kernel, BF16), tf.cast(recurrent_kernel, BF16)
         h, c = states[2 * i], states[2 * i + 1]
         outputs = []
         for piece in pieces:

@@ -8,6 +8,7 @@ through Keras' own callbacks (progress bar, CSV and TensorBoard logs, early stop
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -19,6 +20,7 @@ from training.checkpoints import BACKUP, BEST_WEIGHTS, DISK_FULL, LAST_WEIGHTS, 
 from training.config import (ConfigError, TrainConfig, build_parser, config_from_args, flag_overrides,
                              write_text_atomic)
 from training.corpus import CorpusError
+from training.precision import effective_precision
 
 # Flags that may differ from the saved config when resuming; the others define the run.
 RESUMABLE_CHANGES = {"epochs", "stop_after_steps", "verbose", "backup_every", "early_stopping_patience",
@@ -143,6 +145,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     from training.strategy import choose_strategy
 
     strategy = choose_strategy(config.strategy)  # first: multi-worker setup must precede other TF work
+    precision, fallback = effective_precision(config.precision)
+    if fallback:  # bf16 on a CPU without bf16 units: config.json records the fp32 trained in
+        print(fallback, file=sys.stderr, flush=True)
+        config = dataclasses.replace(config, precision=precision)
 
     import keras
     import tensorflow as tf
