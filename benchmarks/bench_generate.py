@@ -1,11 +1,13 @@
-"""Characters per second of the exported `generate` signature, in-process, for the 2x512 shape.
+"""Characters per second of the exported `generate` signature, in-process, for the 2x512 shape, fp32 and bf16.
 
-    python -m benchmarks.bench_generate [--hidden 512 --layers 2 --chars 2000 --batch 64]
+    python -m benchmarks.bench_generate [--hidden 512 --layers 2 --chars 2000 --batch 64] [--no-record]
 
-Exports a model of the shape (random weights: the same work as trained ones), then times one stream and a
-batch of streams, and beside them how fast the cores re-read a buffer the size of the weights: at batch 1
-every character reads every weight once, so that rate / weight bytes is the ceiling one stream can reach. Prints one JSON line
-per measurement and appends them to docs/results.md.
+Exports a model of the shape twice from the same random weights (the same work as trained ones), as an fp32
+and a bf16 version (training/export.py --precision), then times one stream and a batch of streams on each,
+alternating the two call by call so the machine's drift falls on both alike, and gives bf16 / fp32 per setting.
+Beside them, how fast the cores re-read a buffer the size of each version's weights: at batch 1 every
+character reads every weight once, so that rate / weight bytes is the ceiling one stream can reach. Prints one
+JSON line per measurement and appends them to docs/results.md.
 """
 from __future__ import annotations
 
@@ -50,20 +52,34 @@ def read_bandwidth_gb_s(nbytes: int) -> float:
     return best
 
 
-def time_generate(client: ModelClient, batch: int, chars: int, repeats: int, top_p: float = 0.95) -> float:
-    """Median characters per second of one `generate` call producing `chars` characters in each of `batch`
-    rows (temperature 1, row i on seed i), after an untimed warm-up call."""
+def generate_rate(client: ModelClient, batch: int, chars: int, top_p: float = 0.95) -> float:
+    """Characters per second of one `generate` call producing `chars` characters in each of `batch` rows
+    (temperature 1, row i on seed i)."""
     prompts = [" "] * batch
     settings = [SamplingSettings(top_p=top_p, seed=i) for i in range(batch)]
-    client.generate(prompts, 8, settings)  # warm-up: the first call pays for graph optimisation
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        texts = client.generate(prompts, chars, settings)["text"]
-        elapsed = time.perf_counter() - t
-        assert all(len(text) == chars for text in texts), "generated fewer characters than asked"
-        rates.append(batch * chars / elapsed)
-    return statistics.median(rates)
+    t = time.perf_counter()
+    texts = client.generate(prompts, chars, settings)["text"]
+    elapsed = time.perf_counter() - t
+    assert all(len(text) == chars for text in texts), "generated fewer characters than asked"
+    return batch * chars / elapsed
+
+
+def warm_up(client: ModelClient, batch: int, top_p: float = 0.95) -> None:
+    """The first call of a batch size and settings pays for graph optimisation: not timed."""
+    client.generate([" "] * batch, 8, [SamplingSettings(top_p=top_p, seed=i) for i in range(batch)])
+
+
+def time_generate(client: ModelClient, batch: int, chars: int, repeats: int, top_p: float = 0.95) -> float:
+    """Median characters per second of `repeats` calls (generate_rate), after an untimed warm-up call."""
+    warm_up(client, batch, top_p)
+    return statistics.median(generate_rate(client, batch, chars, top_p) for _ in range(repeats))
+
+
+def weight_bytes_read(hidden: int, layers: int, embedding: int, vocab: int, precision: str) -> int:
+    """Bytes of weights one character's step reads: the layer kernels (bf16: 2 bytes each) and the head,
+    which a bf16 version widens to float32 once per call and reads as float32 (training/graph.py)."""
+    kernels = (embedding + hidden) * 4 * hidden + (layers - 1) * 2 * hidden * 4 * hidden
+    return (2 if precision == "bf16" else 4) * kernels + 4 * hidden * vocab
 
 
 def main() -> None:
@@ -74,7 +90,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=65)
     parser.add_argument("--chars", type=int, default=2000, help="characters per stream per timed call")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per setting and precision")
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/results.md")
     args = parser.parse_args()
     if not 1 <= args.chars <= MAX_CHARS_PER_CALL:
@@ -83,46 +99,69 @@ def main() -> None:
     import tensorflow as tf
 
     from training.config import TrainConfig
-    from training.export import export_untrained
+    from training.export import cpu_has_bf16, export_untrained
 
     config = dataclasses.replace(TrainConfig(), hidden_size=args.hidden, num_layers=args.layers,
                                  embedding_size=args.embedding, dropout=0.0)
+    precisions = ("fp32", "bf16")
+    # (name in results.md, batch, characters per row, top_p)
+    settings = [("one stream", 1, args.chars, 0.95), ("one stream, top_p 1 (no filtering)", 1, args.chars, 1.0),
+                (f"batch {args.batch}, aggregate", args.batch, max(200, args.chars // 4), 0.95)]
+    rates = {(name, p): [] for name, *_ in settings for p in precisions}
     with tempfile.TemporaryDirectory() as tmp:
-        # Random weights, exported as every model is: the same graph and work as a trained model.
-        version = export_untrained(config, [chr(32 + i) for i in range(args.vocab)], Path(tmp), model_name="charlm")
-        client = ModelClient.open(model=version)
-        weight_bytes = 4 * ((args.embedding + args.hidden) * 4 * args.hidden
-                           + (args.layers - 1) * 2 * args.hidden * 4 * args.hidden + args.hidden * args.vocab)
-        bandwidth = read_bandwidth_gb_s(weight_bytes)
-        single = time_generate(client, 1, args.chars, args.repeats)
-        plain = time_generate(client, 1, args.chars, args.repeats, top_p=1.0)  # no top-k/top-p filtering
-        batched = time_generate(client, args.batch, max(200, args.chars // 4), args.repeats)
-        client.close()
+        # Random weights, exported as every model is: the same graph and work as a trained model. The same
+        # seed gives both versions the same weights, bf16 rounded.
+        chars = [chr(32 + i) for i in range(args.vocab)]
+        clients = {p: ModelClient.open(model=export_untrained(config, chars, Path(tmp) / p, "charlm", precision=p))
+                   for p in precisions}
+        bytes_read = {p: weight_bytes_read(args.hidden, args.layers, args.embedding, args.vocab, p) for p in precisions}
+        bandwidth = {p: read_bandwidth_gb_s(bytes_read[p]) for p in precisions}
+        for _, batch, _, top_p in settings:
+            for client in clients.values():
+                warm_up(client, batch, top_p)
+        for r in range(args.repeats):
+            for name, batch, n, top_p in settings:
+                # Alternated call by call, and which goes first swaps each round: drift hits both alike.
+                for p in (precisions if r % 2 == 0 else precisions[::-1]):
+                    rates[name, p].append(generate_rate(clients[p], batch, n, top_p))
+        for client in clients.values():
+            client.close()
     shape = dict(hidden=args.hidden, layers=args.layers, embedding=args.embedding, vocab=args.vocab)
-    ceiling = bandwidth * 1e9 / weight_bytes
-    lines = [
-        {"impl": "charlm-generate", "batch": 1, "chars_per_s": round(single), "top_p": 0.95, **shape},
-        {"impl": "charlm-generate", "batch": 1, "chars_per_s": round(plain), "top_p": 1.0, **shape},
-        {"impl": "charlm-generate", "batch": args.batch, "chars_per_s": round(batched), **shape},
-        {"weight_read_gb_s": round(bandwidth, 1), "weight_mb_per_char": round(weight_bytes / 1e6, 2),
-         "batch1_ceiling_chars_per_s": round(ceiling), "batch1_fraction_of_ceiling": round(single / ceiling, 3)},
-    ]
+    median = {key: statistics.median(values) for key, values in rates.items()}
+    ratio = {name: median[name, "bf16"] / median[name, "fp32"] for name, *_ in settings}
+    ceiling = {p: bandwidth[p] * 1e9 / bytes_read[p] for p in precisions}
+    lines = []
+    for name, batch, _, top_p in settings:
+        for p in precisions:
+            lines.append({"impl": "charlm-generate", "precision": p, "batch": batch, "chars_per_s": round(median[name, p]),
+                          "top_p": top_p, "rounds": [round(x) for x in rates[name, p]], **shape})
+        lines.append({"setting": name, "batch": batch, "top_p": top_p, "bf16_over_fp32": round(ratio[name], 2)})
+    for p in precisions:
+        lines.append({"precision": p, "weight_read_gb_s": round(bandwidth[p], 1),
+                      "weight_mb_per_char": round(bytes_read[p] / 1e6, 2), "batch1_ceiling_chars_per_s": round(ceiling[p]),
+                      "batch1_fraction_of_ceiling": round(median["one stream", p] / ceiling[p], 3)})
+    lines.append({"cpu_bf16_units": cpu_has_bf16()})  # without them oneDNN emulates bf16, and bf16 loses
     for line in lines:
         print(json.dumps(line), flush=True)
     if not args.no_record:
         RESULTS.parent.mkdir(exist_ok=True)
+        rows = "".join(f"| {name} | {round(median[name, 'fp32']):,} | {round(median[name, 'bf16']):,} | "
+                       f"{ratio[name]:.2f} |\n" for name, *_ in settings)
+        rows += (f"| one-stream ceiling: all cores re-reading the weights of a character ({bandwidth['fp32']:.1f} GB/s "
+                 f"over {bytes_read['fp32'] / 1e6:.1f} MB; {bandwidth['bf16']:.1f} GB/s over "
+                 f"{bytes_read['bf16'] / 1e6:.1f} MB) | {round(ceiling['fp32']):,} | {round(ceiling['bf16']):,} | "
+                 f"{ceiling['bf16'] / ceiling['fp32']:.2f} |\n")
         with open(RESULTS, "a") as f:
-            f.write(f"\n### Generation throughput, {time.strftime('%Y-%m-%d')}\n\n"
+            f.write(f"\n### Generation throughput, fp32 and bf16, {time.strftime('%Y-%m-%d')}\n\n"
                     f"`make bench-generate` (`python -m benchmarks.bench_generate`), {machine()}, "
                     f"TensorFlow {tf.__version__}, in-process SavedModel `generate`, "
-                    f"{args.layers}x{args.hidden} LSTM, temperature 1, top_p 0.95 unless said.\n\n"
-                    f"| measurement | chars/s |\n| --- | --- |\n"
-                    f"| one stream | {round(single):,} |\n| one stream, top_p 1 (no filtering) | {round(plain):,} |\n"
-                    f"| batch {args.batch}, aggregate | {round(batched):,} |\n"
-                    f"| one-stream ceiling: {bandwidth:.1f} GB/s (all cores re-reading {weight_bytes / 1e6:.1f} MB) / "
-                    f"{weight_bytes / 1e6:.1f} MB "
-                    f"of weights per character | {round(ceiling):,} |\n\n"
-                    f"One stream runs at {single / ceiling:.0%} of the ceiling set by reading every weight once per character.\n")
+                    f"{args.layers}x{args.hidden} LSTM, the same random weights exported at each precision, "
+                    f"temperature 1, top_p 0.95 unless said; medians of {args.repeats} calls, fp32 and bf16 "
+                    f"alternated call by call.\n\n"
+                    f"| measurement (chars/s) | fp32 | bf16 | bf16 / fp32 |\n| --- | --- | --- | --- |\n{rows}\n"
+                    f"One stream runs at {median['one stream', 'fp32'] / ceiling['fp32']:.0%} (fp32) and "
+                    f"{median['one stream', 'bf16'] / ceiling['bf16']:.0%} (bf16) of the ceiling set by reading "
+                    f"every weight once per character.\n")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ class ModelMetadata(BaseModel):
     # The chat template (Jinja2, model_interface.chat) and the strings that end a reply; None: no chat.
     chat_template: str | None = None
     chat_stop: tuple[str, ...] = ()
+    # How the weights generation reads are stored and multiplied (training/export.py --precision); the
+    # signatures, the state and the log-probabilities are float32 either way. Versions before it: fp32.
+    precision: Literal["fp32", "bf16"] = "fp32"
     created: str = ""  # UTC, CREATED_FORMAT
     tensorflow: str = ""
 

@@ -43,6 +43,7 @@ def model_card(backend: Backend, model: ServedModel, settings: Settings) -> Mode
     return ModelCard(id=model.name, created=model.created, owned_by="charlm", version=model.version,
                      versions=backend.versions(), backend=backend.kind, max_model_len=max_model_len(settings),
                      vocab=list(metadata.vocab), vocab_size=metadata.vocab_size, state_size=metadata.state_size,
+                     precision=metadata.precision,
                      cell=metadata.cell, num_layers=metadata.num_layers, hidden_size=metadata.hidden_size,
                      limits=limits, chat_template=chat.source if chat else None,
                      chat_stop=list(chat.stop) if chat else [])

@@ -378,6 +378,9 @@ class ModelCard(BaseModel):
     vocab: list[str] = Field(description="the vocabulary: token id i is character vocab[i]")
     vocab_size: int
     state_size: int = Field(description="floats in the recurrent state (the `state` of /v1/generate)")
+    precision: Literal["fp32", "bf16"] = Field(
+        description="how the version stores the weights generation reads (export --precision): bf16 copies, or fp32; "
+                    "the state, the softmax and every input and output are fp32 either way")
     cell: Literal["lstm", "gru", "rnn"]
     num_layers: int
     hidden_size: int

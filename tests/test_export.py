@@ -59,6 +59,7 @@ def test_version_layout_and_metadata(exported_model, trained_run):
     assert info["corpus_sha256"] and info["created"] and info["hidden_size"] == config.hidden_size
     assert info["val_loss"] == pytest.approx(summary["best_val_loss"], rel=1e-6)
     assert info["state_size"] == 2 * config.hidden_size * config.num_layers + 1
+    assert info["precision"] == "fp32"  # the default; tests/test_export_bf16.py has the bf16 versions
 
 
 def test_warmup_file_is_prediction_logs(exported_model):

@@ -25,6 +25,17 @@ def test_round_trip_and_derived_facts(tmp_path):
     assert ModelMetadata.state_size_for("gru", 2, 8) == 17 and ModelMetadata.state_size_for("lstm", 2, 8) == 33
 
 
+def test_precision_defaults_to_fp32_for_versions_written_before_it(tmp_path):
+    old = ModelMetadata.from_json(json.dumps(FACTS))  # a charlm.json with no "precision"
+    assert old.precision == "fp32"
+    bf16 = ModelMetadata(**FACTS, precision="bf16")
+    bf16.write(tmp_path)
+    assert json.loads((tmp_path / "assets.extra/charlm.json").read_text())["precision"] == "bf16"
+    assert ModelMetadata.read(tmp_path).precision == "bf16"
+    with pytest.raises(MetadataError, match="precision: Input should be 'fp32' or 'bf16'"):
+        ModelMetadata.from_json(json.dumps({**FACTS, "precision": "fp16"}))
+
+
 def test_a_newer_exports_extra_facts_are_kept():
     metadata = ModelMetadata.from_json(json.dumps({**FACTS, "future_fact": 3}))
     assert metadata.model_extra["future_fact"] == 3

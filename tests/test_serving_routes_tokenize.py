@@ -20,6 +20,7 @@ def test_the_model_card_describes_the_model_and_the_limits(client, model_client,
     graph_vocab = [c.decode() for c in model_client.call(sig.METADATA, sig.metadata_inputs())["vocab"][0]]
     assert card["vocab"] == graph_vocab == list(metadata.vocab) and card["vocab_size"] == len(graph_vocab)
     assert card["state_size"] == 65 and (card["cell"], card["num_layers"], card["hidden_size"]) == ("lstm", 1, 32)
+    assert card["precision"] == "fp32"
     assert card["limits"] == {"max_tokens": settings.max_tokens, "max_prompt_chars": settings.max_prompt_chars,
                               "max_score_chars": settings.max_score_chars,
                               "max_activation_chars": settings.max_activation_chars, "max_n": settings.max_n,

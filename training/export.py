@@ -1,12 +1,15 @@
 """Export a trained run as a self-contained SavedModel version for TensorFlow Serving, the gateway and analysis.
 
     python -m training.export --run-dir runs/charlm [--export-dir exported_models] [--model-name charlm]
-                              [--checkpoint best|last] [--if-changed]
+                              [--checkpoint best|last] [--if-changed] [--precision fp32|bf16]
 
 Writes exported_models/<name>/<version>/ through model_interface.versions.publish_version (TF Serving's layout,
 the next integer, appearing whole or not at all): the graph (training/graph.py: vocabulary, sampler, plain
 tf.Variables — no Keras needed to load it), assets.extra/charlm.json (model_interface.metadata) and TF Serving's
 warm-up records. Signatures are documented in docs/model-signatures.md.
+
+--precision bf16 stores the weights the generation loop reads as bfloat16 and multiplies them in bf16
+(training/graph.py); the signatures, the state and the log-probabilities stay float32.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from model_interface import signatures, versions
 from model_interface.chat import LAYOUTS, ChatTemplate, ChatTemplateError, layout_of
 from model_interface.errors import MetadataError
 from model_interface.metadata import CREATED_FORMAT, ModelMetadata
+from training.precision import BF16_CPU_FLAGS, PRECISIONS, cpu_bf16_flags
 
 
 class ExportError(ValueError):
@@ -78,7 +82,8 @@ def chat_template(choice: str, vocab, corpus_path: Path | None = None, stop: tup
 
 
 def model_metadata(model_name: str, vocab, config, source: dict, val_loss: float | None = None,
-                   corpus: dict | None = None, chat: ChatTemplate | None = None) -> ModelMetadata:
+                   corpus: dict | None = None, chat: ChatTemplate | None = None,
+                   precision: str = "fp32") -> ModelMetadata:
     import tensorflow as tf
 
     return ModelMetadata(
@@ -90,20 +95,22 @@ def model_metadata(model_name: str, vocab, config, source: dict, val_loss: float
         corpus_chars=(corpus or {}).get("chars"), val_loss=val_loss,
         val_bpc=val_loss / float(np.log(2)) if val_loss is not None else None,
         config=dataclasses.asdict(config), source=source,
-        chat_template=chat.source if chat else None, chat_stop=chat.stop if chat else (),
+        chat_template=chat.source if chat else None, chat_stop=chat.stop if chat else (), precision=precision,
         created=time.strftime(CREATED_FORMAT, time.gmtime()), tensorflow=tf.__version__)
 
 
-def publish_model(model, vocab, config, export_dir: Path, model_name: str, metadata: ModelMetadata | None = None) -> Path:
+def publish_model(model, vocab, config, export_dir: Path, model_name: str, metadata: ModelMetadata | None = None,
+                  precision: str = "fp32") -> Path:
     """Build the SavedModel of a Keras CharRNN and publish it as the next version of export_dir/model_name.
-    Every export goes through here: trained runs, untrained (random-weights) models, hand-set weights."""
+    Every export goes through here: trained runs, untrained (random-weights) models, hand-set weights.
+    The graph's precision is the metadata's when given, else `precision`."""
     import tensorflow as tf
 
     from training.graph import CharLMGraph, ModelShape
 
     metadata = metadata or model_metadata(model_name, vocab, config, {"checkpoint": "untrained"},
-                                          chat=chat_template("auto", vocab))
-    module = CharLMGraph(ModelShape.of(model), vocab.chars, metadata.to_json())
+                                          chat=chat_template("auto", vocab), precision=precision)
+    module = CharLMGraph(ModelShape.of(model), vocab.chars, metadata.to_json(), precision=metadata.precision)
     module.assign_weights(model)
 
     def build(directory: Path) -> None:
@@ -116,9 +123,10 @@ def publish_model(model, vocab, config, export_dir: Path, model_name: str, metad
     return versions.publish_version(Path(export_dir) / model_name, build)
 
 
-def export_untrained(config, chars, export_dir: Path, model_name: str = "charlm", seed: int = 0) -> Path:
+def export_untrained(config, chars, export_dir: Path, model_name: str = "charlm", seed: int = 0,
+                     precision: str = "fp32") -> Path:
     """A version with random weights (Keras' initialisers, seeded): the same graph and work as a trained model,
-    for benchmarks and tests."""
+    for benchmarks and tests. The same seed gives the same weights at either precision."""
     import keras
 
     from training.corpus import Vocab
@@ -126,13 +134,15 @@ def export_untrained(config, chars, export_dir: Path, model_name: str = "charlm"
 
     keras.utils.set_random_seed(seed)
     vocab = Vocab(tuple(chars))
-    return publish_model(CharRNN(len(vocab), config), vocab, config, export_dir, model_name)
+    return publish_model(CharRNN(len(vocab), config), vocab, config, export_dir, model_name, precision=precision)
 
 
 def export_version(run_dir: Path, export_dir: Path = Path("exported_models"), model_name: str = "charlm",
                    checkpoint: str = "best", if_changed: bool = False, chat: str = "auto",
-                   chat_stop: tuple[str, ...] = ()) -> Path:
+                   chat_stop: tuple[str, ...] = (), precision: str = "fp32") -> Path:
     """Export the run's checkpoint as the next version; returns the version directory."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     from training.config import TrainConfig
     from training.corpus import Vocab
     from training.model import CharRNN
@@ -149,11 +159,12 @@ def export_version(run_dir: Path, export_dir: Path = Path("exported_models"), mo
     newest = versions.newest_version(Path(export_dir) / model_name)
     if if_changed and newest is not None:
         try:
-            previous = ModelMetadata.read(newest).source.weights_sha256
+            previous = ModelMetadata.read(newest)
+            previous = previous.source.weights_sha256, previous.precision
         except MetadataError:
             previous = None
-        if previous == weights_sha256:
-            print(f"{newest} already holds {weights}; nothing to export")
+        if previous == (weights_sha256, precision):
+            print(f"{newest} already holds {weights} at {precision}; nothing to export")
             return newest
 
     model = CharRNN(len(vocab), config)
@@ -175,7 +186,7 @@ def export_version(run_dir: Path, export_dir: Path = Path("exported_models"), mo
     source = {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint, "weights_sha256": weights_sha256}
     corpus_path = Path(corpus["path"]) if corpus.get("path") else None
     template = chat_template(chat, vocab, corpus_path, chat_stop)
-    metadata = model_metadata(model_name, vocab, config, source, val_loss, corpus, template)
+    metadata = model_metadata(model_name, vocab, config, source, val_loss, corpus, template, precision)
     return publish_model(model, vocab, config, export_dir, model_name, metadata)
 
 
@@ -193,12 +204,22 @@ def main(argv=None) -> int:
                              "layout, or a Jinja2 file (model_interface/chat.py)")
     parser.add_argument("--chat-stop", action="append", default=[], metavar="TEXT",
                         help="with a template FILE: a string that ends the model's reply (repeatable)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="how the version stores and multiplies the weights generation reads: float32, or "
+                             "bfloat16 (half the bytes per character; state, signatures and log-probs stay "
+                             "float32). Default: fp32")
     args = parser.parse_args(argv)
     if not args.model_name or "/" in args.model_name or args.model_name.startswith("."):
         parser.error(f"--model-name must be a plain directory name, got {args.model_name!r}")
+    if args.precision == "bf16" and not cpu_bf16_flags():
+        print(f"{parser.prog}: note: this CPU has no bf16 units (none of {', '.join(BF16_CPU_FLAGS)} in "
+              f"/proc/cpuinfo); the bf16 version works on it, but oneDNN emulates bf16 products here, so it "
+              f"generates slower than fp32 on this machine (batches of streams several times slower), though "
+              f"not on one with AVX512-BF16 or AMX",
+              file=sys.stderr)
     try:
         version = export_version(Path(args.run_dir), Path(args.export_dir), args.model_name, args.checkpoint,
-                                 args.if_changed, args.chat_template, tuple(args.chat_stop))
+                                 args.if_changed, args.chat_template, tuple(args.chat_stop), args.precision)
     except ExportError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1

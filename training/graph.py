@@ -4,6 +4,10 @@ activations, metadata), holding plain tf.Variable copies of a CharRNN's weights 
 Text in, text out (the vocabulary is a lookup table inside the graph); the recurrent state in and out of every
 call as one float32 [batch, state_size] row per stream: per layer h (and c for LSTM), then the position, which
 keys the sampler (training/sampler.py). Inputs and outputs are model_interface.signatures'.
+
+Precision "bf16" stores bfloat16 copies of the weights the generation loop reads (embedding table, layer
+kernels with their biases, head kernel) and multiplies them in bf16, through oneDNN; the state, the gate
+arithmetic, the head's product and everything the sampler does stay float32, so the signatures are the same.
 """
 from __future__ import annotations
 
@@ -15,8 +19,13 @@ import tensorflow as tf
 from model_interface import signatures
 from model_interface.metadata import ModelMetadata
 from training import sampler
+from training.precision import PRECISIONS  # how a version stores and multiplies its weights
 
 FUSED_CELL_MAX_BATCH = 4  # up to this many rows, two LSTMBlockCell ops per layer beat separate ops
+# bf16 keeps each kernel as blocks of this many output units: independent products that TensorFlow can run
+# side by side on the cores (whole, one product runs oneDNN's bf16 kernel on two threads, which scaled badly
+# in the measurements for one stream).
+BF16_BLOCK_UNITS = 512
 
 
 @dataclass(frozen=True)
@@ -50,9 +59,19 @@ class CharLMGraph(tf.Module):
     """Built empty for a shape and vocabulary; `assign_weights` copies a CharRNN's weights in (at export, and
     after each training epoch for the epoch's sample, which runs this same graph)."""
 
-    def __init__(self, shape: ModelShape, vocab, metadata_json: str = "{}"):
+    def __init__(self, shape: ModelShape, vocab, metadata_json: str = "{}", precision: str = "fp32"):
         super().__init__(name="charlm")
-        self.shape = shape
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.shape, self.precision = shape, precision
+        # bf16: a kernel is a list of blocks of output units (BF16_BLOCK_UNITS), each (units, in): the product
+        # is kernel @ x^T, whose oneDNN kernel (brgemm) gives every row of the batch the same bits whatever
+        # the batch size. x @ kernel does not: at one row it takes a matrix-vector kernel that sums in another
+        # order, and once its sum is rounded to bf16, one pre-activation in ~4,000 lands on the other side of
+        # a rounding step (measured), enough to change a 2x512 model's sampled text within a few hundred
+        # characters. Biases stay float32, added after the product.
+        self.bf16 = precision == "bf16"
+        self.weight_dtype = tf.bfloat16 if self.bf16 else tf.float32
         self.cell, self.hidden, self.layers, self.per_layer = shape.cell, shape.hidden_size, shape.num_layers, shape.per_layer
         self.state_size, self.trace_width = shape.state_size, shape.trace_width
         self.alternatives = min(signatures.MAX_LOGPROBS, shape.vocab_size)  # top characters reported per step
@@ -61,48 +80,103 @@ class CharLMGraph(tf.Module):
             tf.lookup.KeyValueTensorInitializer(self.chars, tf.range(shape.vocab_size, dtype=tf.int32)), -1)
         self.metadata_json = tf.constant(metadata_json)
         hidden, zeros = shape.hidden_size, lambda *dims: tf.zeros(dims)
-        self.embedding = tf.Variable(zeros(shape.vocab_size, shape.embedding_size), name="embedding")
+        stored, stored_bias = self.new_kernel, self.new_bias
+        self.embedding = tf.Variable(tf.zeros([shape.vocab_size, shape.embedding_size], self.weight_dtype),
+                                     name="embedding")
         # One matmul per layer and step: [x, h] @ [kernel; recurrent_kernel]. GRU keeps the recurrent half
         # apart, as its reset gate scales the recurrent part of the candidate.
         self.kernels, self.recurrent_kernels, self.biases = [], [], []
         for i in range(shape.num_layers):
             n_in = shape.embedding_size if i == 0 else hidden
             if shape.cell == "gru":
-                self.kernels.append(tf.Variable(zeros(n_in, 3 * hidden), name="kernel"))
-                self.recurrent_kernels.append(tf.Variable(zeros(hidden, 3 * hidden), name="recurrent_kernel"))
+                self.kernels.append(stored(n_in, 3 * hidden, "kernel"))
+                self.recurrent_kernels.append(stored(hidden, 3 * hidden, "recurrent_kernel"))
+                # input and recurrent biases (float32 at either precision)
                 self.biases.append(tf.Variable(zeros(2, 3 * hidden), name="bias"))
             else:
                 gates = 4 if shape.cell == "lstm" else 1
-                self.kernels.append(tf.Variable(zeros(n_in + hidden, gates * hidden), name="fused_kernel"))
-                self.biases.append(tf.Variable(zeros(gates * hidden), name="bias"))
-        if shape.cell == "lstm":
+                self.kernels.append(stored(n_in + hidden, gates * hidden, "fused_kernel"))
+                self.biases.append(stored_bias(gates * hidden, "bias"))
+        self.half_kernels = None
+        if shape.cell == "lstm" and not self.bf16:  # LSTMBlockCell has no bf16 kernel
             # A single stream runs each layer as two LSTMBlockCell ops over half the units each (step_halves).
             self.half_kernels = [[tf.Variable(zeros(k.shape[0], 2 * hidden), name="half_kernel") for _ in (0, 1)]
                                  for k in self.kernels]
             self.half_biases = [[tf.Variable(zeros(2 * hidden), name="half_bias") for _ in (0, 1)] for _ in self.kernels]
-        self.head_kernel = tf.Variable(zeros(hidden, shape.vocab_size), name="head_kernel")
+        # bf16 stores the head as (hidden, vocab) too: it is multiplied in float32 (head_weights).
+        self.head_kernel = tf.Variable(tf.zeros([hidden, shape.vocab_size], self.weight_dtype), name="head_kernel")
         self.head_bias = tf.Variable(zeros(shape.vocab_size), name="head_bias")
 
     def assign_weights(self, model) -> None:
-        """Copy a CharRNN's weights in, in the layouts the graph's ops want."""
-        self.embedding.assign(model.embedding.embeddings.numpy())
+        """Copy a CharRNN's weights in, in the layouts the graph's ops want (rounded to bf16 for a bf16 graph)."""
+        def store(weight, value, kernel=False):
+            if not isinstance(weight, list):
+                return weight.assign(tf.cast(value, weight.dtype))
+            value = value.T if kernel else value  # bf16 kernels are (out, in), in blocks of output units
+            for block, rows in zip(weight, self.block_rows(value.shape[0])):
+                block.assign(tf.cast(value[rows], tf.bfloat16))  # float32 -> bfloat16 rounds to nearest even
+
+        store(self.embedding, model.embedding.embeddings.numpy())
         for i, layer in enumerate(model.recurrent):
             kernel, recurrent, bias = (w.numpy() for w in layer.cell.weights)
             if self.cell == "lstm":
                 kernel, recurrent, bias = map(block_cell_gate_order, (kernel, recurrent, bias))
             if self.cell == "gru":
-                self.kernels[i].assign(kernel)
-                self.recurrent_kernels[i].assign(recurrent)
+                store(self.kernels[i], kernel, kernel=True)
+                store(self.recurrent_kernels[i], recurrent, kernel=True)
             else:
-                self.kernels[i].assign(np.concatenate([kernel, recurrent]))
-            self.biases[i].assign(bias)
-            if self.cell == "lstm":
+                store(self.kernels[i], np.concatenate([kernel, recurrent]), kernel=True)
+            store(self.biases[i], bias)
+            if self.half_kernels is not None:
                 for own in (0, 1):
                     half_kernel, half_bias = half_cell_weights(self.kernels[i].numpy(), bias, self.hidden, own)
                     self.half_kernels[i][own].assign(half_kernel)
                     self.half_biases[i][own].assign(half_bias)
-        self.head_kernel.assign(model.head.kernel.numpy())
+        store(self.head_kernel, model.head.kernel.numpy())
         self.head_bias.assign(model.head.bias.numpy())
+
+    # --- products with the stored weights --------------------------------------------------------------
+    def block_rows(self, units: int) -> list[slice]:
+        bounds = np.linspace(0, units, -(-units // BF16_BLOCK_UNITS) + 1).astype(int)
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def new_kernel(self, n_in: int, n_out: int, name: str):
+        if not self.bf16:
+            return tf.Variable(tf.zeros([n_in, n_out]), name=name)
+        return [tf.Variable(tf.zeros([r.stop - r.start, n_in], tf.bfloat16), name=name) for r in self.block_rows(n_out)]
+
+    def new_bias(self, n_out: int, name: str):
+        return tf.Variable(tf.zeros([n_out]), name=name)  # float32 at either precision
+
+    def layer_weights(self):
+        """Per layer, what step() multiplies by: (kernel, bias), GRU (kernel, bias, recurrent kernel, its bias)."""
+        if self.cell == "gru":
+            return [(k, b[0], r, b[1]) for k, r, b in zip(self.kernels, self.recurrent_kernels, self.biases)]
+        return list(zip(self.kernels, self.biases))
+
+    def operand(self, x):
+        """A matmul operand in the weights' dtype (bf16 rounds the float32 activations; fp32: unchanged)."""
+        return tf.cast(x, self.weight_dtype)
+
+    def dense(self, x, kernel, bias):
+        """x (batch, in) @ kernel + bias -> float32 (batch, out).
+
+        bf16: bf16 operands, fp32 accumulation inside oneDNN, each sum rounded once to bf16 and widened to
+        float32, where the bias is added and the gate arithmetic runs."""
+        if not self.bf16:
+            return tf.matmul(x, kernel) + bias
+        x = self.operand(x)
+        blocks = [tf.matmul(k, x, transpose_b=True) for k in kernel]  # each (units, batch)
+        z = tf.concat(blocks, 0) if len(blocks) > 1 else blocks[0]  # (out, batch)
+        return tf.transpose(tf.cast(z, tf.float32)) + bias
+
+    def float_weights(self, variable, kernel=False):
+        """A stored weight as float32 in the fp32 layout, for the ops that only take float32 (BlockLSTM)
+        and for the head; once per call, outside any per-character loop. fp32: the variable itself."""
+        if not self.bf16:
+            return variable
+        value = tf.cast(tf.concat(variable, 0) if isinstance(variable, list) else variable, tf.float32)
+        return tf.transpose(value) if kernel else value
 
     # --- the recurrence, one character at a time -----------------------------------------------------
     # --- the recurrence, one character at a time -------------------------------------------------
@@ -122,14 +196,16 @@ class CharLMGraph(tf.Module):
     def pack(self, parts, position):
         return tf.concat(parts + [position[:, None]], axis=1)  # (batch, state_size)
 
-    def step(self, ids, parts):
-        """Consume ids (batch,) -> new per-layer states, and gates (batch, layers, 4*hidden) for LSTM."""
-        x = tf.gather(self.embedding, ids)  # (batch, embedding)
+    def step(self, ids, parts, weights=None):
+        """Consume ids (batch,) -> new per-layer states, and gates (batch, layers, 4*hidden) for LSTM.
+        weights: layer_weights(), read once per call by a caller that loops."""
+        weights = self.layer_weights() if weights is None else weights
+        x = tf.gather(self.embedding, ids)  # (batch, embedding), in the weights' dtype
         new_parts, gates = [], []
         for i in range(self.layers):
             if self.cell == "lstm":
                 h, c = parts[2 * i], parts[2 * i + 1]
-                z = tf.matmul(tf.concat([x, h], 1), self.kernels[i]) + self.biases[i]  # (batch, 4*hidden)
+                z = self.dense(tf.concat([self.operand(x), self.operand(h)], 1), *weights[i])  # (batch, 4*hidden)
                 zi, zg, zf, zo = tf.split(z, 4, axis=1)  # i, c, f, o
                 gi, gf, gg, go = tf.sigmoid(zi), tf.sigmoid(zf), tf.tanh(zg), tf.sigmoid(zo)
                 c = gf * c + gi * gg
@@ -138,13 +214,14 @@ class CharLMGraph(tf.Module):
                 gates.append(tf.concat([gi, gf, gg, go], 1))
             elif self.cell == "gru":
                 h = parts[i]
-                xz, xr, xh = tf.split(tf.matmul(x, self.kernels[i]) + self.biases[i][0], 3, axis=1)
-                hz, hr, hh = tf.split(tf.matmul(h, self.recurrent_kernels[i]) + self.biases[i][1], 3, axis=1)
+                kernel, bias, recurrent_kernel, recurrent_bias = weights[i]
+                xz, xr, xh = tf.split(self.dense(x, kernel, bias), 3, axis=1)
+                hz, hr, hh = tf.split(self.dense(h, recurrent_kernel, recurrent_bias), 3, axis=1)
                 z, r = tf.sigmoid(xz + hz), tf.sigmoid(xr + hr)
                 x = z * h + (1.0 - z) * tf.tanh(xh + r * hh)
                 new_parts.append(x)
             else:
-                x = tf.tanh(tf.matmul(tf.concat([x, parts[i]], 1), self.kernels[i]) + self.biases[i])
+                x = tf.tanh(self.dense(tf.concat([self.operand(x), self.operand(parts[i])], 1), *weights[i]))
                 new_parts.append(x)
         return new_parts, gates
 
@@ -177,8 +254,15 @@ class CharLMGraph(tf.Module):
         """The next-character logits are a function of the state alone: the top layer's h."""
         return self.head(parts[-2] if self.cell == "lstm" else parts[-1])
 
-    def head(self, top_h):
-        return tf.matmul(top_h, self.head_kernel) + self.head_bias  # (batch, vocab)
+    def head(self, top_h, kernel=None):
+        """kernel: head_weights(), read once per call; bf16 versions multiply the head in float32, as
+        its output is the logits themselves (a bf16 sum would move log-probabilities by ~0.01-0.05 nats)
+        and it is 1% of the weights."""
+        kernel = self.head_weights() if kernel is None else kernel
+        return tf.matmul(top_h, kernel) + self.head_bias  # (batch, vocab)
+
+    def head_weights(self):
+        return self.float_weights(self.head_kernel)
 
     def encode(self, text):
         """text (batch,) -> ids (batch, time) padded with -1, lengths (batch,), unknown characters."""
@@ -213,7 +297,7 @@ class CharLMGraph(tf.Module):
         """LSTM: each layer over the whole text in one BlockLSTM op, the time loop inside the kernel
         (and the input projection for all characters in one matmul) instead of ops per character."""
         batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
-        x = tf.transpose(tf.gather(self.embedding, tf.maximum(ids, 0)), [1, 0, 2])  # (time, batch, embedding)
+        x = tf.transpose(tf.gather(self.float_weights(self.embedding), tf.maximum(ids, 0)), [1, 0, 2])  # (time, batch, embedding)
         last = tf.stack([tf.maximum(lengths - 1, 0), tf.range(batch)], axis=1)  # each row's last character
         started = (lengths > 0)[:, None]
         no_peephole = tf.zeros([self.hidden])
@@ -221,8 +305,9 @@ class CharLMGraph(tf.Module):
         for i in range(self.layers):
             h0, c0 = parts[2 * i], parts[2 * i + 1]
             gi, cs, gf, go, gg, _, x = tf.raw_ops.BlockLSTM(
-                seq_len_max=tf.cast(steps, tf.int64), x=x, cs_prev=c0, h_prev=h0, w=self.kernels[i],
-                wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=self.biases[i], forget_bias=0.0,
+                seq_len_max=tf.cast(steps, tf.int64), x=x, cs_prev=c0, h_prev=h0,
+                w=self.float_weights(self.kernels[i], kernel=True), wci=no_peephole, wcf=no_peephole,
+                wco=no_peephole, b=self.float_weights(self.biases[i]), forget_bias=0.0,
                 cell_clip=-1.0, use_peephole=False)  # each (time, batch, hidden)
             new_parts += [tf.where(started, tf.gather_nd(x, last), h0), tf.where(started, tf.gather_nd(cs, last), c0)]
             states += [x, cs]
@@ -230,7 +315,7 @@ class CharLMGraph(tf.Module):
         scores = tf.zeros([batch, steps, self.shape.vocab_size])
         if log_probs:
             top_before = tf.concat([parts[-2][None], x[:-1]], axis=0)  # top h before each character
-            logits = tf.einsum("tbh,hv->btv", top_before, self.head_kernel) + self.head_bias
+            logits = tf.einsum("tbh,hv->btv", top_before, self.head_weights()) + self.head_bias
             scores = tf.nn.log_softmax(logits)  # (batch, time, vocab)
         trace = tf.concat(states + gates, axis=2) if collect else tf.zeros([steps, batch, self.trace_width])
         return new_parts, position + tf.cast(lengths, tf.float32), scores, trace
@@ -262,12 +347,15 @@ class CharLMGraph(tf.Module):
         num_chars = tf.where(tf.strings.length(unknown) == 0, num_chars, 0)  # nor generates anything
         args = (ids, lengths, parts, position, num_chars, temperature, top_k, top_p, min_p, seed)
         # Choose the loop once per call, not per character: conds inside the loop cost every step.
-        small = tf.shape(prompt)[0] <= FUSED_CELL_MAX_BATCH
         processed = sampler.processing(top_k, top_p, min_p, logprobs)
+        if self.half_kernels is None:  # bf16 (no LSTMBlockCell), GRU, RNN: one loop for every batch size
+            branch, fused_cell = tf.cast(processed, tf.int32), (False,)
+        else:
+            small = tf.shape(prompt)[0] <= FUSED_CELL_MAX_BATCH
+            branch, fused_cell = tf.cast(small, tf.int32) * 2 + tf.cast(processed, tf.int32), (False, True)
         generated, chosen, top_ids, top_log_probs, parts, position = tf.switch_case(
-            tf.cast(small, tf.int32) * 2 + tf.cast(processed, tf.int32),
-            [lambda fused=fused, proc=proc: self.prime_and_sample(*args, fused_cell=fused, processed=proc)
-             for fused in (False, True) for proc in (False, True)])
+            branch, [lambda fused=fused, proc=proc: self.prime_and_sample(*args, fused_cell=fused, processed=proc)
+                     for fused in fused_cell for proc in (False, True)])
         chars = tf.gather(self.chars, tf.maximum(generated, 0))
         text = tf.strings.reduce_join(tf.where(generated >= 0, chars, ""), axis=1)
         # Each row's alternatives beyond its own `logprobs` are blanked (-1, 0), so no row's reply depends
@@ -279,13 +367,23 @@ class CharLMGraph(tf.Module):
 
     def prime_and_sample(self, ids, lengths, parts, position, num_chars, temperature, top_k, top_p, min_p, seed,
                          fused_cell, processed):
-        halves = fused_cell and self.cell == "lstm"
+        halves = fused_cell and self.half_kernels is not None
+        weights = self.layer_weights() if self.bf16 else None
         if halves:
             # A few rows: the prompt too goes character by character on both cores, as generation does.
             carried = [piece for p in parts for piece in (p[:, :self.hidden // 2], p[:, self.hidden // 2:])]
             for t in tf.range(tf.shape(ids)[1]):
                 active = t < lengths
                 new = self.step_halves(tf.maximum(ids[:, t], 0), carried)
+                carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
+            position = position + tf.cast(lengths, tf.float32)
+        elif self.bf16:
+            # The prompt through the same bf16 step as the generated characters, at any batch size (score's
+            # float32 BlockLSTM would leave a row's state, and so its text, depending on the batch size).
+            carried = parts
+            for t in tf.range(tf.shape(ids)[1]):
+                active = t < lengths
+                new = self.step(tf.maximum(ids[:, t], 0), carried, weights)[0]
                 carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
             position = position + tf.cast(lengths, tf.float32)
         else:
@@ -298,12 +396,14 @@ class CharLMGraph(tf.Module):
         chosen = tf.TensorArray(tf.float32, size=longest + 1)
         top_ids = tf.TensorArray(tf.int32, size=longest + 1 if processed else 0)
         top_log_probs = tf.TensorArray(tf.float32, size=longest + 1 if processed else 0)
+        head_kernel = self.head_weights()  # bf16: widened once per call, not per character
         for i in tf.range(longest):
             active = i < num_chars
             top_h = tf.concat(carried[-4:-2], 1) if halves else (carried[-2] if self.cell == "lstm" else carried[-1])
             next_ids, log_prob, best_ids, best_log_probs = sampler.next_chars(
-                self.head(top_h), temperature, top_k, top_p, min_p, seed, position, processed, alternatives)
-            new = self.step_halves(next_ids, carried) if halves else self.step(next_ids, carried)[0]
+                self.head(top_h, head_kernel), temperature, top_k, top_p, min_p, seed, position, processed,
+                alternatives)
+            new = self.step_halves(next_ids, carried) if halves else self.step(next_ids, carried, weights)[0]
             carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
             position = tf.where(active, position + 1.0, position)
             out = out.write(i, tf.where(active, next_ids, -1))
