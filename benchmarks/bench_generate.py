@@ -99,7 +99,8 @@ def main() -> None:
     import tensorflow as tf
 
     from training.config import TrainConfig
-    from training.export import cpu_has_bf16, export_untrained
+    from training.export import export_untrained
+    from training.precision import cpu_bf16_flags
 
     config = dataclasses.replace(TrainConfig(), hidden_size=args.hidden, num_layers=args.layers,
                                  embedding_size=args.embedding, dropout=0.0)
@@ -140,7 +141,7 @@ def main() -> None:
         lines.append({"precision": p, "weight_read_gb_s": round(bandwidth[p], 1),
                       "weight_mb_per_char": round(bytes_read[p] / 1e6, 2), "batch1_ceiling_chars_per_s": round(ceiling[p]),
                       "batch1_fraction_of_ceiling": round(median["one stream", p] / ceiling[p], 3)})
-    lines.append({"cpu_bf16_units": cpu_has_bf16()})  # without them oneDNN emulates bf16, and bf16 loses
+    lines.append({"cpu_bf16_units": bool(cpu_bf16_flags())})  # without them oneDNN emulates bf16, and bf16 loses
     for line in lines:
         print(json.dumps(line), flush=True)
     if not args.no_record:
