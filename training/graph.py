@@ -21,6 +21,12 @@ from model_interface.metadata import ModelMetadata
 from training import sampler
 from training.precision import PRECISIONS  # how a version stores and multiplies its weights
 
+TIME_PADDING = 16  # texts are read padded to a multiple of this many characters (encode)
+
+
+def longest_of(lengths):
+    return tf.reduce_max(tf.concat([lengths, [0]], 0))  # 0 for an empty batch
+
 FUSED_CELL_MAX_BATCH = 4  # up to this many rows, two LSTMBlockCell ops per layer beat separate ops
 # bf16 keeps each kernel as blocks of this many output units: independent products that TensorFlow can run
 # side by side on the cores (whole, one product runs oneDNN's bf16 kernel on two threads, which scaled badly
@@ -269,7 +275,11 @@ class CharLMGraph(tf.Module):
         chars = tf.strings.unicode_split(text, "UTF-8")  # ragged (batch, time)
         ids = tf.ragged.map_flat_values(self.char_ids.lookup, chars)
         unknown = tf.strings.reduce_join(tf.ragged.boolean_mask(chars, ids < 0), axis=1)
-        return ids.to_tensor(-1), tf.cast(ids.row_lengths(), tf.int32), unknown
+        # Time padded to a multiple of TIME_PADDING: TensorFlow keeps memory for every input shape it has run, and
+        # a server sees every text length; rows stop at their own lengths, so the padding changes no result.
+        padded = (longest_of(tf.cast(ids.row_lengths(), tf.int32)) + TIME_PADDING - 1) // TIME_PADDING * TIME_PADDING
+        return (ids.to_tensor(-1, shape=tf.stack([ids.nrows(out_type=tf.int32), padded])),
+                tf.cast(ids.row_lengths(), tf.int32), unknown)
 
     def read(self, text, state):
         """Encode texts and unpack their states. A row with unknown characters is read as empty (its
@@ -434,16 +444,17 @@ class CharLMGraph(tf.Module):
         top_log_probs, top_ids = tf.math.top_k(dist, k=self.alternatives)  # (batch, time, alternatives)
         counted = tf.maximum(read_lengths, 1)
         bits = -tf.reduce_sum(log_probs, axis=1) / tf.cast(counted, tf.float32) / float(np.log(2.0))
-        return {"log_probs": log_probs, "lengths": lengths, "bits_per_char": bits,
+        longest = longest_of(lengths)  # the replies' time axis: the longest text, not encode's padding
+        return {"log_probs": log_probs[:, :longest], "lengths": lengths, "bits_per_char": bits,
                 "state": self.pack(parts, position), "unknown_chars": unknown,
-                "top_ids": tf.where(read[..., None], top_ids, -1),
-                "top_log_probs": tf.where(read[..., None], top_log_probs, 0.0)}
+                "top_ids": tf.where(read[..., None], top_ids, -1)[:, :longest],
+                "top_log_probs": tf.where(read[..., None], top_log_probs, 0.0)[:, :longest]}
 
     @tf.function(input_signature=signatures.tensor_specs(signatures.ACTIVATIONS))
     def activations(self, text, state):
         ids, lengths, read_lengths, unknown, parts, position = self.read(text, state)
         parts, position, _, trace = self.consume(ids, read_lengths, parts, position, collect=True)
-        trace = tf.transpose(trace, [1, 0, 2])  # (batch, time, layers * (per_layer + 4 if lstm) * hidden)
+        trace = tf.transpose(trace, [1, 0, 2])[:, :longest_of(lengths)]  # (batch, time, layers * (per_layer + 4 if lstm) * hidden)
         steps = tf.shape(trace)[1]
         batch = tf.shape(trace)[0]
         width = self.layers * self.per_layer * self.hidden
