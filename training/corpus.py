@@ -11,6 +11,7 @@ import hashlib
 import heapq
 import json
 import lzma
+import os
 import sys
 import tarfile
 import urllib.request
@@ -37,19 +38,26 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def download(url: str, path: Path, otherwise: str) -> Path:
+    """url -> a temporary file beside path, to be renamed over it once checked. Its name holds the process id:
+    the pods of a sweep may all fetch the corpus at once into the same volume."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    print(f"downloading {url} -> {path}", flush=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            out.write(response.read())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CorpusError(f"could not download {url}: {e}. {otherwise}") from None
+    return tmp
+
+
 def ensure_tinyshakespeare(path: Path = TINYSHAKESPEARE_PATH, url: str = TINYSHAKESPEARE_URL) -> Path:
     """Download tiny-shakespeare once (to a temporary name, renamed when verified); always verify it."""
     path = Path(path)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        print(f"downloading {url} -> {path}", flush=True)
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-                out.write(response.read())
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise CorpusError(f"could not download {url}: {e}. Pass CORPUS=path (or --corpus) to use a local file.")
+        tmp = download(url, path, "Pass CORPUS=path (or --corpus) to use a local file.")
         try:
             check_sha256(tmp, TINYSHAKESPEARE_SHA256, shown_as=path)
         finally:
@@ -290,16 +298,8 @@ def make_warandpeace(local: Path | None = None, out: Path = WARANDPEACE_PATH, ur
     else:
         raw_path = Path(download_to)
         if not raw_path.exists():
-            raw_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = raw_path.with_name(raw_path.name + ".part")
-            print(f"downloading {url} -> {raw_path}", flush=True)
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-                    f.write(response.read())
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
-                raise CorpusError(f"could not download {url}: {e}. Fetch it on a machine with internet and use "
-                                  f"the copy: make corpus-warandpeace CORPUS=path/to/pg2600.txt") from None
+            tmp = download(url, raw_path, "Fetch it on a machine with internet and use the copy: "
+                                          "make corpus-warandpeace CORPUS=path/to/pg2600.txt")
             try:
                 raw_sha256 = check_pinned_sha256(tmp, expected_sha256, what)
             except CorpusError:
