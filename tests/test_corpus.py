@@ -126,6 +126,14 @@ def test_kernel_corpus_takes_every_valid_c_and_h_file_in_the_seeds_order(kernel_
     assert sorted(other) == sorted(order) and other != order  # 12! orders: a clash would be a bug
 
 
+def test_kernel_corpus_leaves_out_files_longer_than_max_file_chars(kernel_tree):
+    (kernel_tree / "drivers" / "gpu_sh_mask.h").write_text("#define REG_A 0x1\n" * 2000)  # 38,000 characters
+    names = [name for name, _ in build_kernel_corpus(kernel_tree, max_chars=100_000, seed=3, max_file_chars=10_000)[1]]
+    assert names == expected_order(3)
+    names = [name for name, _ in build_kernel_corpus(kernel_tree, max_chars=100_000, seed=3, max_file_chars=0)[1]]
+    assert "drivers/gpu_sh_mask.h" in names
+
+
 def test_kernel_corpus_stops_before_the_file_that_would_pass_the_size(kernel_tree):
     order = expected_order(3)
     first_three = sum(len(KERNEL_FILES[name]) for name in order[:3])
@@ -178,6 +186,14 @@ def test_bad_kernel_sources_get_a_message_naming_the_flag_and_path(case, kernel_
     assert {"missing": "no such file or directory", "no C files": "no .c or .h files",
             "not a tarball": "cannot read it", "truncated tarball": "cannot read it"}[case] in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, message", [(["--chars", "10"], "--chars must be at least 1000, got 10"),
+                                            (["--max-file-chars", "-1"], "--max-file-chars must be 0")])
+def test_bad_kernel_corpus_sizes_name_the_flag(flags, message, kernel_tree, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        corpus_main(["linux", "--kernel-src", str(kernel_tree), "--out", str(tmp_path / "k.txt"), *flags])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_without_kernel_source_it_says_how_to_get_it(tmp_path, monkeypatch, capsys):
