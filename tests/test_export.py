@@ -332,6 +332,23 @@ def test_scoring_in_chunks_carrying_the_state_equals_one_pass(model_client, corp
     np.testing.assert_allclose(state, whole["state"], atol=1e-5)
 
 
+def test_rows_ending_in_different_pieces_read_as_each_alone(model_client, corpus_slice):
+    """Texts are read in pieces of SEQUENCE_PIECE characters: a row that ends in the first piece, one that ends
+    mid-way and one that runs to the last piece, in one call, each equal to the row read alone."""
+    from training.graph import SEQUENCE_PIECE
+    source = corpus_slice.read_text()[3000:]
+    texts = [source[:5], source[100:100 + SEQUENCE_PIECE + 7], source[400:400 + 3 * SEQUENCE_PIECE + 1]]
+    together = model_client.score(texts)
+    acts = model_client.activations(texts)
+    for row, text in enumerate(texts):
+        alone = model_client.score([text])
+        np.testing.assert_allclose(together["log_probs"][row, :len(text)], alone["log_probs"][0], atol=1e-5)
+        np.testing.assert_allclose(together["state"][row], alone["state"][0], atol=1e-5)
+        alone_acts = model_client.activations([text])
+        np.testing.assert_allclose(acts["cell"][row, :len(text)], alone_acts["cell"][0], atol=1e-5)
+        np.testing.assert_allclose(acts["state"][row], alone["state"][0], atol=1e-5)
+
+
 def test_the_version_carries_its_corpus_chat_template(model_client):
     """tiny-shakespeare is a play: the template writes speeches and stops at the next speaker."""
     from model_interface.chat import ChatTemplate

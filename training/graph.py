@@ -22,6 +22,7 @@ from training import sampler
 from training.precision import PRECISIONS  # how a version stores and multiplies its weights
 
 TIME_PADDING = 16  # texts are read padded to a multiple of this many characters (encode)
+SEQUENCE_PIECE = 64  # an LSTM reads a text in pieces of at most this many characters (a multiple of TIME_PADDING)
 
 
 def longest_of(lengths):
@@ -70,12 +71,10 @@ class CharLMGraph(tf.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.shape, self.precision = shape, precision
-        # bf16: a kernel is a list of blocks of output units (BF16_BLOCK_UNITS), each (units, in): the product
-        # is kernel @ x^T, whose oneDNN kernel (brgemm) gives every row of the batch the same bits whatever
-        # the batch size. x @ kernel does not: at one row it takes a matrix-vector kernel that sums in another
-        # order, and once its sum is rounded to bf16, one pre-activation in ~4,000 lands on the other side of
-        # a rounding step (measured), enough to change a 2x512 model's sampled text within a few hundred
-        # characters. Biases stay float32, added after the product.
+        # bf16: a kernel is a list of blocks of output units (BF16_BLOCK_UNITS), each (in, units), multiplied
+        # as x @ block. Its sums are rounded to bf16 once, so a row's result must not depend on the batch size
+        # (one row alone, or in a batch of 64): the tests check that a row's text and log-probabilities are
+        # the same alone and batched. Biases stay float32, added after the product.
         self.bf16 = precision == "bf16"
         self.weight_dtype = tf.bfloat16 if self.bf16 else tf.float32
         self.cell, self.hidden, self.layers, self.per_layer = shape.cell, shape.hidden_size, shape.num_layers, shape.per_layer
@@ -115,12 +114,11 @@ class CharLMGraph(tf.Module):
 
     def assign_weights(self, model) -> None:
         """Copy a CharRNN's weights in, in the layouts the graph's ops want (rounded to bf16 for a bf16 graph)."""
-        def store(weight, value, kernel=False):
+        def store(weight, value):
             if not isinstance(weight, list):
                 return weight.assign(tf.cast(value, weight.dtype))
-            value = value.T if kernel else value  # bf16 kernels are (out, in), in blocks of output units
-            for block, rows in zip(weight, self.block_rows(value.shape[0])):
-                block.assign(tf.cast(value[rows], tf.bfloat16))  # float32 -> bfloat16 rounds to nearest even
+            for block, units in zip(weight, self.block_units(value.shape[1])):  # blocks of output units
+                block.assign(tf.cast(value[:, units], tf.bfloat16))  # float32 -> bfloat16 rounds to nearest even
 
         store(self.embedding, model.embedding.embeddings.numpy())
         for i, layer in enumerate(model.recurrent):
@@ -128,10 +126,10 @@ class CharLMGraph(tf.Module):
             if self.cell == "lstm":
                 kernel, recurrent, bias = map(block_cell_gate_order, (kernel, recurrent, bias))
             if self.cell == "gru":
-                store(self.kernels[i], kernel, kernel=True)
-                store(self.recurrent_kernels[i], recurrent, kernel=True)
+                store(self.kernels[i], kernel)
+                store(self.recurrent_kernels[i], recurrent)
             else:
-                store(self.kernels[i], np.concatenate([kernel, recurrent]), kernel=True)
+                store(self.kernels[i], np.concatenate([kernel, recurrent]))
             store(self.biases[i], bias)
             if self.half_kernels is not None:
                 for own in (0, 1):
@@ -142,14 +140,14 @@ class CharLMGraph(tf.Module):
         self.head_bias.assign(model.head.bias.numpy())
 
     # --- products with the stored weights --------------------------------------------------------------
-    def block_rows(self, units: int) -> list[slice]:
+    def block_units(self, units: int) -> list[slice]:
         bounds = np.linspace(0, units, -(-units // BF16_BLOCK_UNITS) + 1).astype(int)
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def new_kernel(self, n_in: int, n_out: int, name: str):
         if not self.bf16:
             return tf.Variable(tf.zeros([n_in, n_out]), name=name)
-        return [tf.Variable(tf.zeros([r.stop - r.start, n_in], tf.bfloat16), name=name) for r in self.block_rows(n_out)]
+        return [tf.Variable(tf.zeros([n_in, u.stop - u.start], tf.bfloat16), name=name) for u in self.block_units(n_out)]
 
     def new_bias(self, n_out: int, name: str):
         return tf.Variable(tf.zeros([n_out]), name=name)  # float32 at either precision
@@ -172,19 +170,17 @@ class CharLMGraph(tf.Module):
         if not self.bf16:
             return tf.matmul(x, kernel) + bias
         x = self.operand(x)
-        blocks = [tf.matmul(k, x, transpose_b=True) for k in kernel]  # each (units, batch)
-        z = tf.concat(blocks, 0) if len(blocks) > 1 else blocks[0]  # (out, batch)
-        return tf.transpose(tf.cast(z, tf.float32)) + bias
+        blocks = [tf.matmul(x, k) for k in kernel]  # each (batch, units); independent, so run side by side
+        z = tf.concat(blocks, 1) if len(blocks) > 1 else blocks[0]  # (batch, out)
+        return tf.cast(z, tf.float32) + bias
 
-    def float_weights(self, variable, kernel=False):
+    def float_weights(self, variable):
         """A stored weight as float32 in the fp32 layout, for the ops that only take float32 (BlockLSTM)
         and for the head; once per call, outside any per-character loop. fp32: the variable itself."""
         if not self.bf16:
             return variable
-        value = tf.cast(tf.concat(variable, 0) if isinstance(variable, list) else variable, tf.float32)
-        return tf.transpose(value) if kernel else value
+        return tf.cast(tf.concat(variable, 1) if isinstance(variable, list) else variable, tf.float32)
 
-    # --- the recurrence, one character at a time -----------------------------------------------------
     # --- the recurrence, one character at a time -------------------------------------------------
     def unpack(self, state):
         """(batch, state_size) or (batch, 0) -> per-layer states and the position (batch,)."""
@@ -265,7 +261,12 @@ class CharLMGraph(tf.Module):
         its output is the logits themselves (a bf16 sum would move log-probabilities by ~0.01-0.05 nats)
         and it is 1% of the weights."""
         kernel = self.head_weights() if kernel is None else kernel
-        return tf.matmul(top_h, kernel) + self.head_bias  # (batch, vocab)
+        # At least two rows: a float32 product of one row takes oneDNN's matrix-vector kernel, which sums in
+        # another order than at two rows or more (measured: the last bit of most logits), and a stream's
+        # logits must not depend on whether it runs alone.
+        rows = tf.shape(top_h)[0]
+        padded = tf.pad(top_h, [[0, tf.maximum(0, 2 - rows)], [0, 0]])
+        return (tf.matmul(padded, kernel) + self.head_bias)[:rows]  # (batch, vocab)
 
     def head_weights(self):
         return self.float_weights(self.head_kernel)
@@ -304,31 +305,54 @@ class CharLMGraph(tf.Module):
         return parts, position, (scores if log_probs else None), (trace if collect else None)
 
     def consume_sequence(self, ids, lengths, parts, position, log_probs, collect):
-        """LSTM: each layer over the whole text in one BlockLSTM op, the time loop inside the kernel
-        (and the input projection for all characters in one matmul) instead of ops per character."""
+        """LSTM: the text in pieces of at most SEQUENCE_PIECE characters, each layer over a piece in one
+        BlockLSTM op (the time loop inside the kernel, the piece's input projection in one matmul).
+
+        Pieces, not the whole text at once: ids come padded to a multiple of TIME_PADDING, so every op
+        sees one of SEQUENCE_PIECE / TIME_PADDING time lengths whatever the text's length (TensorFlow keeps
+        memory for every shape an op has run), and a 5,000-character text needs a few MB of intermediate
+        values instead of 140 MB."""
         batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
-        x = tf.transpose(tf.gather(self.float_weights(self.embedding), tf.maximum(ids, 0)), [1, 0, 2])  # (time, batch, embedding)
-        last = tf.stack([tf.maximum(lengths - 1, 0), tf.range(batch)], axis=1)  # each row's last character
-        started = (lengths > 0)[:, None]
+        table = self.float_weights(self.embedding)
+        weights = [(self.float_weights(k), self.float_weights(b)) for k, b in zip(self.kernels, self.biases)]
+        head_kernel = self.head_weights() if log_probs else None
         no_peephole = tf.zeros([self.hidden])
-        new_parts, states, gates = [], [], []
-        for i in range(self.layers):
-            h0, c0 = parts[2 * i], parts[2 * i + 1]
-            gi, cs, gf, go, gg, _, x = tf.raw_ops.BlockLSTM(
-                seq_len_max=tf.cast(steps, tf.int64), x=x, cs_prev=c0, h_prev=h0,
-                w=self.float_weights(self.kernels[i], kernel=True), wci=no_peephole, wcf=no_peephole,
-                wco=no_peephole, b=self.float_weights(self.biases[i]), forget_bias=0.0,
-                cell_clip=-1.0, use_peephole=False)  # each (time, batch, hidden)
-            new_parts += [tf.where(started, tf.gather_nd(x, last), h0), tf.where(started, tf.gather_nd(cs, last), c0)]
-            states += [x, cs]
-            gates.append(tf.concat([gi, gf, gg, go], axis=2))
-        scores = tf.zeros([batch, steps, self.shape.vocab_size])
-        if log_probs:
-            top_before = tf.concat([parts[-2][None], x[:-1]], axis=0)  # top h before each character
-            logits = tf.einsum("tbh,hv->btv", top_before, self.head_weights()) + self.head_bias
-            scores = tf.nn.log_softmax(logits)  # (batch, time, vocab)
-        trace = tf.concat(states + gates, axis=2) if collect else tf.zeros([steps, batch, self.trace_width])
-        return new_parts, position + tf.cast(lengths, tf.float32), scores, trace
+        pieces = (steps + SEQUENCE_PIECE - 1) // SEQUENCE_PIECE
+        # Each element (piece, batch, ...), concatenated along time at the end.
+        scores = tf.TensorArray(tf.float32, size=pieces if log_probs else 0, infer_shape=False)
+        trace = tf.TensorArray(tf.float32, size=pieces if collect else 0, infer_shape=False)
+        running = list(parts)  # the recurrence as it runs on, past a row's end too (those values go unused)
+        final = list(parts)  # each row's state after its own last character
+        for p in tf.range(pieces):
+            start = p * SEQUENCE_PIECE
+            size = tf.minimum(SEQUENCE_PIECE, steps - start)
+            x = tf.transpose(tf.gather(table, tf.maximum(ids[:, start:start + size], 0)), [1, 0, 2])  # (piece, batch, embedding)
+            inside = lengths - start  # characters of each row from this piece on
+            last = tf.stack([tf.clip_by_value(inside - 1, 0, size - 1), tf.range(batch)], axis=1)
+            reached = (inside > 0)[:, None]  # the row's text goes on into this piece
+            top_before = running[-2]
+            new_running, new_final, states, gates = [], [], [], []
+            for i, (kernel, bias) in enumerate(weights):
+                gi, cs, gf, go, gg, _, x = tf.raw_ops.BlockLSTM(
+                    seq_len_max=tf.cast(size, tf.int64), x=x, cs_prev=running[2 * i + 1], h_prev=running[2 * i],
+                    w=kernel, wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=bias, forget_bias=0.0,
+                    cell_clip=-1.0, use_peephole=False)  # each (piece, batch, hidden)
+                new_running += [x[-1], cs[-1]]
+                new_final += [tf.where(reached, tf.gather_nd(x, last), final[2 * i]),
+                              tf.where(reached, tf.gather_nd(cs, last), final[2 * i + 1])]
+                states += [x, cs]
+                gates.append(tf.concat([gi, gf, gg, go], axis=2))
+            if log_probs:
+                before = tf.concat([top_before[None], x[:-1]], axis=0)  # top h before each character
+                logits = tf.einsum("tbh,hv->tbv", before, head_kernel) + self.head_bias
+                scores = scores.write(p, tf.nn.log_softmax(logits))  # (piece, batch, vocab)
+            if collect:
+                trace = trace.write(p, tf.concat(states + gates, axis=2))  # (piece, batch, trace_width)
+            running, final = new_running, new_final
+        dist = (tf.transpose(scores.concat(), [1, 0, 2]) if log_probs
+                else tf.zeros([batch, steps, self.shape.vocab_size]))  # (batch, time, vocab)
+        trace = trace.concat() if collect else tf.zeros([steps, batch, self.trace_width])
+        return final, position + tf.cast(lengths, tf.float32), dist, trace
 
     def consume_by_character(self, ids, lengths, parts, position, collect):
         batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
@@ -371,9 +395,10 @@ class CharLMGraph(tf.Module):
         # Each row's alternatives beyond its own `logprobs` are blanked (-1, 0), so no row's reply depends
         # on what its batch-mates asked for.
         wanted = tf.range(self.alternatives)[None, None, :] < logprobs[:, None, None]
+        longest = longest_of(num_chars)  # the replies' width: the most characters a row asked for
         return {"text": text, "state": self.pack(parts, position), "unknown_chars": unknown,
-                "log_probs": chosen, "top_ids": tf.where(wanted, top_ids, -1),
-                "top_log_probs": tf.where(wanted, top_log_probs, 0.0)}
+                "log_probs": chosen[:, :longest], "top_ids": tf.where(wanted, top_ids, -1)[:, :longest],
+                "top_log_probs": tf.where(wanted, top_log_probs, 0.0)[:, :longest]}
 
     def prime_and_sample(self, ids, lengths, parts, position, num_chars, temperature, top_k, top_p, min_p, seed,
                          fused_cell, processed):
@@ -399,13 +424,16 @@ class CharLMGraph(tf.Module):
         else:
             parts, position, _, _ = self.consume(ids, lengths, parts, position)
             carried = parts
-        longest = tf.reduce_max(tf.concat([num_chars, [0]], 0))
+        longest = longest_of(num_chars)
         batch, alternatives = tf.shape(num_chars)[0], self.alternatives
-        # A spare row each: stacking size 0 fails.
-        out = tf.TensorArray(tf.int32, size=longest + 1)
-        chosen = tf.TensorArray(tf.float32, size=longest + 1)
-        top_ids = tf.TensorArray(tf.int32, size=longest + 1 if processed else 0)
-        top_log_probs = tf.TensorArray(tf.float32, size=longest + 1 if processed else 0)
+        # The outputs are built TIME_PADDING-wide blocks past `longest` (at least one spare column: stacking size
+        # 0 fails), so the ops after the loop see a few widths, not one per length (TensorFlow keeps memory for
+        # every shape an op has run); generate() trims them to `longest` last.
+        width = (longest + TIME_PADDING) // TIME_PADDING * TIME_PADDING
+        out = tf.TensorArray(tf.int32, size=width)
+        chosen = tf.TensorArray(tf.float32, size=width)
+        top_ids = tf.TensorArray(tf.int32, size=width if processed else 0)
+        top_log_probs = tf.TensorArray(tf.float32, size=width if processed else 0)
         head_kernel = self.head_weights()  # bf16: widened once per call, not per character
         for i in tf.range(longest):
             active = i < num_chars
@@ -421,18 +449,21 @@ class CharLMGraph(tf.Module):
             if processed:
                 top_ids = top_ids.write(i, best_ids)
                 top_log_probs = top_log_probs.write(i, best_log_probs)
-        out = out.write(longest, -tf.ones_like(num_chars))
-        chosen = chosen.write(longest, tf.zeros([batch]))
+        for i in tf.range(longest, width):  # the padding: nothing generated there
+            out = out.write(i, -tf.ones_like(num_chars))
+            chosen = chosen.write(i, tf.zeros([batch]))
+            if processed:
+                top_ids = top_ids.write(i, tf.fill([batch, alternatives], -1))
+                top_log_probs = top_log_probs.write(i, tf.zeros([batch, alternatives]))
         parts = [tf.concat(carried[k:k + 2], 1) for k in range(0, len(carried), 2)] if halves else carried
-        generated = tf.transpose(out.stack())  # (batch, chars + 1), -1 where none generated
+        generated = tf.transpose(out.stack())  # (batch, width), -1 where none generated
         if processed:
-            top_ids = tf.transpose(top_ids.write(longest, tf.fill([batch, alternatives], -1)).stack()[:-1], [1, 0, 2])
-            top_log_probs = tf.transpose(
-                top_log_probs.write(longest, tf.zeros([batch, alternatives])).stack()[:-1], [1, 0, 2])
+            top_ids = tf.transpose(top_ids.stack(), [1, 0, 2])  # (batch, width, alternatives)
+            top_log_probs = tf.transpose(top_log_probs.stack(), [1, 0, 2])
         else:
-            top_ids, top_log_probs = tf.fill([batch, longest, alternatives], -1), tf.zeros([batch, longest, alternatives])
-        done = generated[:, :-1] >= 0  # (batch, chars)
-        return (generated, tf.transpose(chosen.stack())[:, :-1], tf.where(done[..., None], top_ids, -1),
+            top_ids, top_log_probs = tf.fill([batch, width, alternatives], -1), tf.zeros([batch, width, alternatives])
+        done = generated >= 0  # (batch, width)
+        return (generated, tf.transpose(chosen.stack()), tf.where(done[..., None], top_ids, -1),
                 tf.where(done[..., None], top_log_probs, 0.0), parts, position)
 
     @tf.function(input_signature=signatures.tensor_specs(signatures.SCORE))
