@@ -47,6 +47,8 @@ def test_help_documents_every_flag_in_groups(capsys):
     (["--val-fraction", "1.5"], "--val-fraction"),
     (["--sample-temperatures", "0"], "--sample-temperatures"),
     (["--precision", "fp16"], "--precision"),
+    (["--ema-momentum", "1.0"], "--ema-momentum"),
+    (["--ema-momentum", "-0.5"], "--ema-momentum"),
 ])
 def test_bad_values_are_refused_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:

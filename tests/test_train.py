@@ -176,3 +176,43 @@ def test_resume_keeps_the_saved_precision(tiny_config, tmp_path, bf16_units, cap
     assert "--precision cannot change on --resume" in capsys.readouterr().err
     summary = train(dataclasses.replace(resumed, stop_after_steps=2), resume=True)
     assert summary["global_step"] == 5
+
+
+def test_a_moving_average_of_the_weights_is_validated_kept_and_resumed(tiny_config, tmp_path):
+    """--ema-momentum: the last (and best) weights are the optimizer's moving average, the backup goes on
+    from the trained weights, and a run stopped mid-epoch and resumed ends bit for bit where one run does."""
+    import keras
+
+    from training.checkpoints import load_backup
+    from training.model import CharRNN
+
+    def config(name, **changes):
+        return dataclasses.replace(tiny_config, ema_momentum=0.9, backup_every=0, run_dir=str(tmp_path / name),
+                                   **changes)
+
+    whole = train(config("whole"))
+    run_dir = tmp_path / "whole"
+    vocab = Vocab.load(run_dir / "vocab.json")
+    trained = CharRNN(len(vocab), config("whole"))
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.9)  # as training's: no learning-rate variable
+    optimizer = keras.optimizers.Adam(schedule, use_ema=True, ema_momentum=0.9)
+    optimizer.build(trained.trainable_variables)
+    load_backup(run_dir / BACKUP, trained, optimizer)
+    kept = CharRNN(len(vocab), config("whole"))
+    kept.load_weights(run_dir / "last.weights.h5")
+    differ = [not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(trained.trainable_variables, kept.trainable_variables)]
+    assert all(differ)  # the backup holds the trained weights, the checkpoint something else...
+    optimizer.finalize_variable_values(trained.trainable_variables)
+    for average, saved in zip(trained.trainable_variables, kept.trainable_variables):
+        np.testing.assert_array_equal(average.numpy(), saved.numpy())  # ...the average
+    assert whole["best_val_loss"] < 0.7 * math.log(len(vocab))
+
+    first = train(config("split", stop_after_steps=150))
+    assert first["stopped"]
+    rest = train(config("split"), resume=True)
+    a, _ = read_backup(run_dir / BACKUP)
+    b, _ = read_backup(tmp_path / "split" / BACKUP)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert rest["best_val_loss"] == pytest.approx(whole["best_val_loss"], rel=1e-6)
+

@@ -8,6 +8,7 @@ through Keras' own callbacks (progress bar, CSV and TensorBoard logs, early stop
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -199,7 +200,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = CharRNN(len(vocab), config)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch))
+        optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch),
+                                          use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum or 0.99)
         optimizer.build(model.trainable_variables)
         model.compile(optimizer=optimizer)  # callbacks (TensorBoard's learning-rate log) look for it here
 
@@ -266,19 +268,20 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                       f"continue with: python -m training.train --run-dir {run_dir} --resume", flush=True)
                 return summary(run_dir, progress, session_steps, started, stopped=True)
 
-        val_loss, val_states = 0.0, zero_state()
-        for x, y in stream_batches(val_ids, config.batch_size, config.seq_length):
-            loss, val_states = eval_step(*distribute_rows(strategy, (x, y)), val_states)
-            val_loss += float(loss) / val_steps
-        train_loss = progress.epoch_loss_sum / max(1, steps_per_epoch)
-        logs = {"loss": train_loss, "bpc": train_loss / LN2, "val_loss": val_loss, "val_bpc": val_loss / LN2,
-                "learning_rate": float(optimizer.learning_rate)}
-        improved = val_loss < progress.best_val_loss
-        if improved:
-            progress.best_val_loss, progress.best_epoch = val_loss, epoch
-            if chief:
-                checkpoints.save_weights(model, run_dir / checkpoints.BEST_WEIGHTS)
-        callback_list.on_epoch_end(epoch, logs)
+        with averaged_weights(model, optimizer):  # validated, kept and sampled: the average, if there is one
+            val_loss, val_states = 0.0, zero_state()
+            for x, y in stream_batches(val_ids, config.batch_size, config.seq_length):
+                loss, val_states = eval_step(*distribute_rows(strategy, (x, y)), val_states)
+                val_loss += float(loss) / val_steps
+            train_loss = progress.epoch_loss_sum / max(1, steps_per_epoch)
+            logs = {"loss": train_loss, "bpc": train_loss / LN2, "val_loss": val_loss, "val_bpc": val_loss / LN2,
+                    "learning_rate": float(optimizer.learning_rate)}
+            improved = val_loss < progress.best_val_loss
+            if improved:
+                progress.best_val_loss, progress.best_epoch = val_loss, epoch
+                if chief:
+                    checkpoints.save_weights(model, run_dir / checkpoints.BEST_WEIGHTS)
+            callback_list.on_epoch_end(epoch, logs)
         progress.epochs_without_improvement = 0 if improved else progress.epochs_without_improvement + 1
         progress.epoch, progress.step_in_epoch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
         backup()
@@ -288,8 +291,25 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 print(f"early stopping: no better validation loss for {config.early_stopping_patience} epochs")
             break
     callback_list.on_train_end()
-    checkpoints.save_weights(model, out_dir / checkpoints.LAST_WEIGHTS)
+    with averaged_weights(model, optimizer):
+        checkpoints.save_weights(model, out_dir / checkpoints.LAST_WEIGHTS)
     return summary(run_dir, progress, session_steps, started, stopped=False, stopped_early=stopped_early)
+
+
+@contextlib.contextmanager
+def averaged_weights(model, optimizer):
+    """With --ema-momentum, the optimizer's moving average of the weights in the model for the block, and the
+    trained weights back after it: training goes on from them, and backups hold both."""
+    if not optimizer.use_ema:
+        yield
+        return
+    trained = [v.numpy() for v in model.trainable_variables]
+    optimizer.finalize_variable_values(model.trainable_variables)  # Keras' own swap-in of the average
+    try:
+        yield
+    finally:
+        for variable, value in zip(model.trainable_variables, trained):
+            variable.assign(value)
 
 
 def read_run_facts(run_dir: Path):
