@@ -316,7 +316,9 @@ class Batcher:
         # arrivals nearly every call, hence ~5 characters a stream per call. Such a call generates as many
         # characters as it feeds (up to max_chunk): at most twice its length, for many times the text.
         chunk = min((self._chunk(s) for s, g in zip(rows, generating) if g), default=0)
-        if any(g and s.generating_calls for s, g in zip(rows, generating)):
+        newcomer = any(g and not s.generating_calls for s, g in zip(rows, generating))
+        if any(g and s.generating_calls for s, g in zip(rows, generating)) and not (
+                newcomer and self.settings.newcomer_first):
             chunk = max(chunk, min(self.settings.max_chunk, max(len(piece) for piece in pieces)))
         num_chars = [min(chunk, s.remaining) if g else 0 for s, g in zip(rows, generating)]
         # Alternatives (20 per character) only when a row asked for them: for TF Serving they are most of a reply.

@@ -117,6 +117,27 @@ def test_seeded_text_is_the_same_alone_batched_and_joining_late(local):
     assert wait_until(lambda: batcher.count() == 0)
 
 
+def test_newcomer_first_keeps_a_call_with_first_characters_short(local):
+    """CHARLM_NEWCOMER_FIRST: a call holding a stream's first characters generates the smallest chunk for every row,
+    even when it feeds a prompt piece; the texts are those of the default."""
+    texts = {}
+    for newcomer_first in (False, True):
+        batcher, backend = make_batcher(local, first_chunk=2, max_chunk=16, newcomer_first=newcomer_first)
+        _, sink = submit(batcher, row(prompt="JULIET:\n", remaining=200, seed=77))
+        first = sink.get(timeout=30)
+        _, late_sink = submit(batcher, row(prompt="Nurse, look!", remaining=40, seed=78))
+        late = collect(late_sink, 1)[0][0]
+        text = first.text + collect(sink, 1)[0][0]
+        joined = [c for c in backend.calls if 78 in c["seeds"]][0]
+        assert 77 in joined["seeds"]  # 200 characters in chunks of 2, 4, 8, 16...: still running
+        expected = 2 if newcomer_first else len("Nurse, look!")
+        assert joined["num_chars"][joined["seeds"].index(78)] == expected
+        assert joined["num_chars"][joined["seeds"].index(77)] == expected
+        texts[newcomer_first] = (text, late)
+    assert texts[True] == texts[False]
+    assert wait_until(lambda: batcher.count() == 0)
+
+
 def test_long_prompts_are_fed_in_pieces(local):
     prompt = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3
     whole_batcher, _ = make_batcher(local)
