@@ -139,15 +139,15 @@ def analyse(client: ModelClient, text: str, activation_chars: int = 20_000, max_
     timings["activations_and_cells_s"] = round(time.time() - started, 1)
 
     windows = []
-    cut = int(sample_end * cells.SELECT_FRACTION)
+    held = cells.scored_part(sample_end)  # the characters the r's are scored on, and the windows shown from
     for name, result in ranking.items():
         if result["best"]:
             best = result["best"][0]
-            a, b = cells.liveliest_window(tracks[name], WINDOW_CHARS, start=cut)
+            a, b = cells.liveliest_window(tracks[name], WINDOW_CHARS, cells.scored_blocks(sample_end))
             windows.append({"name": name, "layer": best["layer"], "cell": best["cell"], "r": best["r_held_out"] or 0.0,
                             "start": a, "text": sample[a:b], "feature": tracks[name][a:b].tolist(),
                             "values": cell_values[a:b, best["layer"], best["cell"]].round(3).tolist()})
-    all_r = {name: cells.correlations(cell_values[cut:].reshape(sample_end - cut, -1), track[cut:])
+    all_r = {name: cells.correlations(cell_values[held].reshape(int(held.sum()), -1), track[held])
              .reshape(meta.num_layers, meta.hidden_size) for name, track in tracks.items()
              if ranking[name]["best"]}
 
@@ -298,7 +298,7 @@ scored on the validation split. {html.escape(verdict)} <span class="note">{html.
 
 <h2>Interpretable cells</h2>
 <p>Every cell of every layer ({results['cells']['activation']}) ranked by its Pearson correlation with each
-feature track: chosen on the first half of the activation sample, scored (held-out r) on the second half.</p>
+feature track: chosen on alternate blocks of {cells.SELECT_BLOCK:,} characters of the activation sample, scored (held-out r) on the blocks between.</p>
 {table(cell_rows, ["feature", "meaning", "best cell (layer, cell)", "held-out r", "r where chosen",
                    "runners-up (held-out r)"])}
 {image(pngs, "cells", "best cell per feature against the feature")}

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis.cells import correlations, liveliest_window, rank_cells
+from analysis.cells import SELECT_BLOCK, correlations, liveliest_window, rank_cells, scored_blocks, scored_part
 from analysis.features import feature_tracks
 
 PLANTED_LAYER, PLANTED_CELL, DETECTOR_CELL = 1, 5, 2
@@ -23,7 +23,7 @@ def test_correlations_match_numpy_and_give_nan_for_a_constant_cell():
     assert np.isnan(r[3])
 
 
-def test_rank_cells_finds_a_planted_column_and_scores_it_on_the_half_it_was_not_chosen_on():
+def test_rank_cells_finds_a_planted_column_and_scores_it_on_the_block_it_was_not_chosen_on():
     rng = np.random.default_rng(1)
     steps, layers, hidden = 1000, 2, 6
     values = rng.normal(size=(steps, layers, hidden))
@@ -32,11 +32,35 @@ def test_rank_cells_finds_a_planted_column_and_scores_it_on_the_half_it_was_not_
     values[:500, 0, 2] = feature[:500]  # perfect on the choosing half only: luck, not a tracker
     ranking = rank_cells(values, {"f": feature, "flat": np.ones(steps)}, top=3)
     best = ranking["f"]["best"]
-    assert (best[0]["layer"], best[0]["cell"]) == (0, 2)  # chosen on the first half…
+    assert (best[0]["layer"], best[0]["cell"]) == (0, 2)  # chosen on the first block…
     assert abs(best[0]["r_held_out"]) < 0.2  # …and found out on the second
     assert (best[1]["layer"], best[1]["cell"]) == (1, 4)
     assert best[1]["r_held_out"] < -0.95
     assert ranking["flat"]["best"] == [] and "constant" in ranking["flat"]["note"]
+
+
+def test_a_feature_found_only_in_the_first_half_is_still_chosen_and_scored():
+    """Strings in the kernel sample came all in its first half: halves would leave nothing to score them on.
+    Alternate blocks choose on some of them and score on others."""
+    rng = np.random.default_rng(2)
+    steps = 4 * SELECT_BLOCK
+    feature = np.zeros(steps)
+    feature[: steps // 2] = rng.random(steps // 2) < 0.1  # rare, and only in the first half
+    values = rng.normal(size=(steps, 1, 4))
+    values[:, 0, 3] = feature + 0.3 * rng.normal(size=steps)
+    best = rank_cells(values, {"inside_string": feature})["inside_string"]["best"]
+    assert best[0]["cell"] == 3 and best[0]["r_held_out"] > 0.2
+    held = scored_part(steps)
+    assert held.sum() == steps // 2 and not held[:SELECT_BLOCK].any() and held[SELECT_BLOCK:2 * SELECT_BLOCK].all()
+    assert scored_blocks(steps) == [(SELECT_BLOCK, 2 * SELECT_BLOCK), (3 * SELECT_BLOCK, 4 * SELECT_BLOCK)]
+
+
+def test_the_window_shown_lies_inside_the_scored_blocks():
+    track = np.zeros(4 * SELECT_BLOCK)
+    track[100:300:2] = 1  # livelier, but on a choosing block
+    track[SELECT_BLOCK + 700:SELECT_BLOCK + 760:3] = 1
+    a, b = liveliest_window(track, 500, scored_blocks(len(track)))
+    assert SELECT_BLOCK <= a and b <= 2 * SELECT_BLOCK and b - a == 500 and a <= SELECT_BLOCK + 700
 
 
 def test_liveliest_window_lands_where_the_feature_varies():

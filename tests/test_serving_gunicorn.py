@@ -42,6 +42,41 @@ def test_configuration(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())  # a previous run's values are wiped at start
 
 
+ARENA_COUNT = """
+import ctypes, runpy, sys, threading
+if sys.argv[1] == "config":
+    runpy.run_path(sys.argv[2])  # as gunicorn's master reads it, before it forks
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+barrier = threading.Barrier(16)
+def allocate():  # each thread's first malloc takes an arena of its own while there may be more
+    barrier.wait()
+    libc.free(ctypes.c_void_p(libc.malloc(4096)))
+threads = [threading.Thread(target=allocate) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc.malloc_stats()  # one "Arena n:" block per arena, on stderr
+"""
+
+
+def test_the_master_limits_malloc_arenas_for_its_workers(tmp_path):
+    """The configuration caps glibc's arenas (the soak's memory growth); MALLOC_ARENA_MAX in the environment wins."""
+    import subprocess
+    import sys
+
+    def arenas(*argv, **env):
+        run = subprocess.run([sys.executable, "-c", ARENA_COUNT, *argv],
+                             env={k: v for k, v in {**os.environ, **env}.items() if k != "MALLOC_ARENA_MAX" or v},
+                             capture_output=True, text=True, timeout=60, check=True)
+        return run.stderr.count("Arena ")
+
+    config = str(ROOT / "serving/gunicorn.conf.py")
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "MALLOC_ARENA_MAX": ""}
+    assert arenas("bare", **env) > 2  # glibc's default: an arena per thread, up to 8 per core
+    assert arenas("config", config, **env) == 2
+    assert arenas("config", config, **{**env, "MALLOC_ARENA_MAX": "3"}) == 3
+
+
 @pytest.fixture(scope="module")
 def gateway(exported_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
