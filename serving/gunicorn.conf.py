@@ -16,11 +16,12 @@ import tempfile as _tempfile
 # TensorFlow; a value in the environment wins. Python's exceptions and the gateway's own log are unaffected.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# Two malloc arenas, set in the master so every worker it forks has them; MALLOC_ARENA_MAX (glibc's own setting) in
-# the environment wins. glibc makes arenas for threads that allocate at once, up to 8 per core: a worker's ~150
-# threads, each converting tensors in and out of TensorFlow, fragment them, and the local worker's memory kept
-# growing after warm-up (`make soak`: 4.1 MiB per 1,000 requests in the second half by default, 1.9 with two;
-# docs/results.md). Nothing to do where the C library is not glibc.
+# With the local backend, two malloc arenas, set in the master so every worker it forks has them; MALLOC_ARENA_MAX
+# (glibc's own setting) in the environment wins. glibc makes arenas for threads that allocate at once, up to 8 per
+# core: a worker's ~150 threads, each converting tensors in and out of TensorFlow, fragment them, and the local
+# worker's memory kept growing after warm-up (`make soak`: 4.1 MiB per 1,000 requests in the second half by
+# default, 1.4-1.9 with two). A tfserving worker runs no model, and two arenas made its memory grow instead (2.9 and
+# 4.5 against -1.6 and -1.0; docs/results.md): it keeps glibc's default. Nothing to do where the C library is not glibc.
 _M_ARENA_MAX = -8  # glibc's malloc.h
 _MALLOC_ARENAS = 2
 
@@ -28,7 +29,7 @@ _MALLOC_ARENAS = 2
 def _limit_malloc_arenas(arenas=_MALLOC_ARENAS):
     import ctypes
 
-    if "MALLOC_ARENA_MAX" in _os.environ:
+    if "MALLOC_ARENA_MAX" in _os.environ or _os.environ.get("CHARLM_BACKEND", "local") != "local":
         return False
     try:
         return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas))

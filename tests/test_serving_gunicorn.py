@@ -60,7 +60,8 @@ libc.malloc_stats()  # one "Arena n:" block per arena, on stderr
 
 
 def test_the_master_limits_malloc_arenas_for_its_workers(tmp_path):
-    """The configuration caps glibc's arenas (the soak's memory growth); MALLOC_ARENA_MAX in the environment wins."""
+    """With the local backend the configuration caps glibc's arenas (the soak's memory growth); MALLOC_ARENA_MAX in
+    the environment wins."""
     import subprocess
     import sys
 
@@ -71,10 +72,11 @@ def test_the_master_limits_malloc_arenas_for_its_workers(tmp_path):
         return run.stderr.count("Arena ")
 
     config = str(ROOT / "serving/gunicorn.conf.py")
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "MALLOC_ARENA_MAX": ""}
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "MALLOC_ARENA_MAX": "", "CHARLM_BACKEND": "local"}
     assert arenas("bare", **env) > 2  # glibc's default: an arena per thread, up to 8 per core
     assert arenas("config", config, **env) == 2
     assert arenas("config", config, **{**env, "MALLOC_ARENA_MAX": "3"}) == 3
+    assert arenas("config", config, **{**env, "CHARLM_BACKEND": "tfserving"}) > 2  # no model in the worker
 
 
 @pytest.fixture(scope="module")
