@@ -81,7 +81,9 @@ def liveliest_window(track: np.ndarray, length: int, ranges: list[tuple[int, int
     best, best_spread = (ranges[0][0], ranges[0][0]), -1.0
     for start, end in ranges:
         size = min(length, end - start)
-        for a in range(start, end - size + 1, max(1, size // 4)) if size > 0 else ():
+        if size <= 0:
+            continue
+        for a in range(start, end - size + 1, max(1, size // 4)):
             spread = float(np.std(track[a:a + size]))
             if spread > best_spread:
                 best, best_spread = (a, a + size), spread

@@ -20,8 +20,9 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # (glibc's own setting) in the environment wins. glibc makes arenas for threads that allocate at once, up to 8 per
 # core: a worker's ~150 threads, each converting tensors in and out of TensorFlow, fragment them, and the local
 # worker's memory kept growing after warm-up (`make soak`: 4.1 MiB per 1,000 requests in the second half by
-# default, 1.4-1.9 with two). A tfserving worker runs no model, and two arenas made its memory grow instead (2.9 and
-# 4.5 against -1.6 and -1.0; docs/results.md): it keeps glibc's default. Nothing to do where the C library is not glibc.
+# default, 1.4-2.5 in three runs with two). A tfserving worker runs no model, and two arenas made its memory grow
+# instead (2.9 and 4.5, against -2.4 to 2.7 in three runs with the default; docs/results.md): it keeps glibc's
+# default. Nothing to do where the C library is not glibc.
 _M_ARENA_MAX = -8  # glibc's malloc.h
 _MALLOC_ARENAS = 2
 

@@ -35,6 +35,7 @@ def test_environment_variables(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name, value", [
     ("CHARLM_BACKEND", "triton"), ("CHARLM_MAX_STREAMS", "0"), ("CHARLM_MAX_STREAMS", "many"),
     ("CHARLM_TFSERVING_TIMEOUT_S", "-1"), ("CHARLM_MAX_BODY_BYTES", "10"), ("CHARLM_FIRST_CHUNK", "128"),
+    ("CHARLM_NEWCOMER_FIRST", "sometimes"),
 ])
 def test_bad_values_refuse_to_start(monkeypatch, tmp_path, name, value):
     monkeypatch.setenv(name, value)

@@ -102,9 +102,10 @@ PRESETS: dict[str, dict] = {
                  seq_length=32, learning_rate=1e-2, warmup_steps=0, epochs=2, backup_every=20,
                  sample_length=40),
     # The CPU default `make train` uses: the best validation loss reachable in ~20 minutes on 2 cores (AVX512-BF16
-    # or AMX). bf16 trains this shape 1.75x as fast as fp32, so 10 epochs fit where 7 did; the moving average
-    # (a horizon of ~330 steps, 1.4 epochs) is 0.004 nats better than the last weights at the end, where the
-    # curve has flattened: 2x512 at this dropout is near its limit here (docs/results.md, issue 14).
+    # or AMX). bf16 trains this shape 1.75x as fast as fp32 (10 bf16 epochs cost about 6 fp32 ones; the whole
+    # target measured 21 min on AMD EPYC); the moving average (a horizon of ~330 steps, 1.4 epochs) ends 0.003
+    # nats below the trained weights of an 11-epoch run, where the curve has flattened: 2x512 at this dropout is
+    # near its limit here (docs/results.md, issue 14).
     "small": dict(precision="bf16", epochs=10, ema_momentum=0.997),
     # char-rnn's common setting, 2x512; the shape the training benchmark measures.
     "medium": dict(embedding_size=64, hidden_size=512, num_layers=2, dropout=0.25, batch_size=64,
