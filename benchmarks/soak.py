@@ -1388,6 +1388,9 @@ def soak_backend(backend: str, version_dir: Path, args, workdir: Path) -> dict:
         if standin is not None:
             (outage.server if outage is not None else standin[1]).stop(0)
     log_text = log.read_text(errors="replace")
+    if args.rss_trace is not None:
+        with open(args.rss_trace, "a") as f:
+            f.writelines(f"{backend},{taken},{status['rss_kib'] / 1024:.1f}\n" for taken, status in samples)
     result.update(judge_run(ctx, warm_outcomes, outage, stuck, saturation, idle_warm, mid, idle_end, warm, end,
                             same_worker, ready_end, metric_samples(metrics_text.decode()), log_text, soak_requests,
                             stopped_by, elapsed, args, samples))
@@ -1668,6 +1671,8 @@ def main() -> int:
     parser.add_argument("--roles", default=ROLES, help="shares of the clients that hang up, send malformed bodies, "
                                                         "tampered states, read slowly (the rest: normal clients)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rss-trace", type=Path, metavar="CSV",
+                        help="also write the worker's RSS under load (requests so far, MiB, every 2 s) to this file")
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/results.md")
     args = parser.parse_args()
     if args.requests < 8 or args.clients < 1:

@@ -40,6 +40,32 @@ def _limit_malloc_arenas(arenas=_MALLOC_ARENAS):
 
 _limit_malloc_arenas()
 
+
+
+# A request gunicorn cannot parse (a broken request line or header, too many or too long headers) never reaches
+# the app: gunicorn answers it itself with an HTML page (gunicorn.util.write_error, which its workers call by that
+# name). Answered instead in OpenAI's error envelope, like every other refusal, with gunicorn's own status and text.
+def _write_json_error(sock, status_int, reason, mesg):
+    import json
+
+    from gunicorn.util import write_nonblock
+
+    body = json.dumps({"error": {"message": f"{reason}: {mesg}" if mesg else reason,
+                                 "type": "invalid_request_error" if status_int < 500 else "server_error",
+                                 "param": None, "code": reason.lower().replace(" ", "_")}}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    write_nonblock(sock, head + body)
+
+
+def _answer_parse_errors_in_json():
+    import gunicorn.util
+
+    gunicorn.util.write_error = _write_json_error
+
+
+_answer_parse_errors_in_json()
+
 # Threads, not processes, hold the streams: a stream is a thread waiting on the batcher, and one worker
 # batches all of its streams into one model call. More workers multiply memory (a model copy each) and split
 # the batch; on a small machine one worker uses every core through TensorFlow's own threads.

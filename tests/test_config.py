@@ -49,6 +49,8 @@ def test_help_documents_every_flag_in_groups(capsys):
     (["--precision", "fp16"], "--precision"),
     (["--ema-momentum", "1.0"], "--ema-momentum"),
     (["--ema-momentum", "-0.5"], "--ema-momentum"),
+    (["--weight-decay", "-0.1"], "--weight-decay"),
+    (["--weight-decay", "1.0"], "--weight-decay"),
 ])
 def test_bad_values_are_refused_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:

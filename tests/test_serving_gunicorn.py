@@ -325,6 +325,25 @@ def test_a_chunked_body_with_broken_framing_is_a_400_envelope(gateway, chunks):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("request_bytes, status, said", [
+    (b"GARBAGE\r\n\r\n", b"400", "Invalid Request Line"),  # no method, path and version
+    (b"GET /healthz HTTP/1.1\r\nHost: test\r\nBad Header\r\n\r\n", b"400", "Invalid HTTP Header"),
+    (b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n",
+     b"431", "Request Header Fields Too Large"),  # past gunicorn's limit_request_fields (100)
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: test\r\n\r\n", b"414", "URI Too Long"),
+])
+def test_a_request_gunicorn_cannot_parse_gets_the_error_envelope(gateway, request_bytes, status, said):
+    """gunicorn answers these before the app sees them (gunicorn.conf.py's _write_json_error): JSON, not HTML."""
+    reply = raw_reply(gateway.port, request_bytes)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n", 1)[0].split()[1] == status, reply[:500]
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert said in error["message"] and error["type"] == "invalid_request_error"
+    assert requests.get(gateway.url + "/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.slow
 def test_sigterm_lets_a_running_stream_finish(gateway):
     """Last in this module: it stops the server. graceful_timeout gives streams in flight time to end."""
     process, url = gateway.process, gateway.url

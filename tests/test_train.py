@@ -216,3 +216,23 @@ def test_a_moving_average_of_the_weights_is_validated_kept_and_resumed(tiny_conf
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
     assert rest["best_val_loss"] == pytest.approx(whole["best_val_loss"], rel=1e-6)
 
+
+
+def test_weight_decay_shrinks_the_matrices_and_leaves_the_biases(tiny_config):
+    """--weight-decay is decoupled (AdamW): with no gradient, one step scales every matrix by
+    1 - lr * decay and leaves every bias as it was."""
+    import tensorflow as tf
+
+    from training.model import CharRNN
+    from training.train import build_optimizer
+
+    config = dataclasses.replace(tiny_config, weight_decay=0.5, warmup_steps=0, lr_schedule="constant")
+    model = CharRNN(20, config)
+    optimizer = build_optimizer(config, model, steps_per_epoch=10)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    optimizer.apply([tf.zeros_like(v) for v in model.trainable_variables], model.trainable_variables)
+    factor = 1.0 - config.learning_rate * config.weight_decay
+    assert any(b.ndim == 1 for b in before) and any(b.ndim == 2 for b in before)
+    for old, variable in zip(before, model.trainable_variables):
+        np.testing.assert_allclose(variable.numpy(), old * (factor if old.ndim >= 2 else 1.0), rtol=1e-6,
+                                   err_msg=variable.path)

@@ -38,6 +38,7 @@ class TrainConfig:
     min_lr_fraction: float = 0.05  # cosine only: final learning rate as a fraction of the peak
     warmup_steps: int = 50  # linear warm-up from 0, steadies Adam's first steps
     grad_clip: float = 5.0  # global gradient-norm clip (char-rnn's grad_clip)
+    weight_decay: float = 0.0  # decoupled (AdamW) decay of the matrices, not the biases: w -= lr * this * w each step; 0 = off
     ema_momentum: float = 0.0  # validate, checkpoint and sample a moving average of the weights (Keras' use_ema), this momentum per step; 0 = off; small: 0.997
     epochs: int = 7  # passes over the training split (small: 10)
     early_stopping_patience: int = 3  # epochs without a better validation loss before stopping; 0 = off
@@ -74,6 +75,8 @@ class TrainConfig:
             raise ConfigError("lr_decay_rate", f"must be in (0, 1], got {self.lr_decay_rate}")
         if not 0.0 <= self.min_lr_fraction <= 1.0:
             raise ConfigError("min_lr_fraction", f"must be in [0, 1], got {self.min_lr_fraction}")
+        if not 0.0 <= self.weight_decay < 1.0:
+            raise ConfigError("weight_decay", f"must be in [0, 1), got {self.weight_decay}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError("ema_momentum", f"must be in [0, 1), got {self.ema_momentum}")
         if not self.grad_clip > 0:
@@ -136,7 +139,7 @@ _GROUPS = {
     "data": ["corpus", "val_fraction", "batch_size", "seq_length"],
     "model": ["cell", "embedding_size", "hidden_size", "num_layers", "dropout"],
     "optimisation": ["learning_rate", "lr_schedule", "lr_decay_rate", "min_lr_fraction", "warmup_steps",
-                     "grad_clip", "ema_momentum", "epochs", "early_stopping_patience", "explode_factor", "seed", "strategy",
+                     "grad_clip", "weight_decay", "ema_momentum", "epochs", "early_stopping_patience", "explode_factor", "seed", "strategy",
                      "precision"],
     "checkpoints": ["run_dir", "backup_every", "stop_after_steps"],
     "output": ["sample_length", "sample_temperatures", "verbose"],

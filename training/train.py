@@ -121,6 +121,19 @@ def make_train_step(model, optimizer, config: TrainConfig, strategy):
     return train_step
 
 
+def build_optimizer(config: TrainConfig, model, steps_per_epoch: int):
+    """Adam on the schedule, with the moving average and decoupled weight decay the config asks for."""
+    import keras
+
+    optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch),
+                                      weight_decay=config.weight_decay or None,
+                                      use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum or 0.99)
+    # Decay pulls matrices toward zero; a bias has no scale to regularise (nanoGPT's split).
+    optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
 def make_eval_step(model, config: TrainConfig, strategy):
     import tensorflow as tf
 
@@ -200,9 +213,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = CharRNN(len(vocab), config)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch),
-                                          use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum or 0.99)
-        optimizer.build(model.trainable_variables)
+        optimizer = build_optimizer(config, model, steps_per_epoch)
         model.compile(optimizer=optimizer)  # callbacks (TensorBoard's learning-rate log) look for it here
 
     progress = checkpoints.Progress()
