@@ -264,17 +264,21 @@ class CharLMGraph(tf.Module):
         """The next-character logits are a function of the state alone: the top layer's h."""
         return self.head(parts[-2] if self.cell == "lstm" else parts[-1])
 
-    def head(self, top_h, kernel=None):
+    def head(self, top_h, kernel=None, padding=None):
         """kernel: head_weights(), read once per call; bf16 versions multiply the head in float32, as
         its output is the logits themselves (a bf16 sum would move log-probabilities by ~0.01-0.05 nats)
-        and it is 1% of the weights."""
+        and it is 1% of the weights. padding: head_padding(batch), also once per call."""
         kernel = self.head_weights() if kernel is None else kernel
-        # At least two rows: a float32 product of one row takes oneDNN's matrix-vector kernel, which sums in
-        # another order than at two rows or more (measured: the last bit of most logits), and a stream's
-        # logits must not depend on whether it runs alone.
         rows = tf.shape(top_h)[0]
-        padded = tf.pad(top_h, [[0, tf.maximum(0, 2 - rows)], [0, 0]])
-        return (tf.matmul(padded, kernel) + self.head_bias)[:rows]  # (batch, vocab)
+        padding = self.head_padding(rows) if padding is None else padding
+        return tf.nn.bias_add(tf.matmul(tf.pad(top_h, padding), kernel), self.head_bias)[:rows]  # (batch, vocab)
+
+    @staticmethod
+    def head_padding(rows):
+        """At least two rows: a float32 product of one row takes oneDNN's matrix-vector kernel, which sums in
+        another order than at two rows or more (measured: the last bit of most logits), and a stream's logits
+        must not depend on whether it runs alone."""
+        return tf.convert_to_tensor([[0, tf.maximum(0, 2 - rows)], [0, 0]])  # (2, 2), for tf.pad
 
     def head_weights(self):
         return self.float_weights(self.head_kernel)
@@ -443,12 +447,14 @@ class CharLMGraph(tf.Module):
         top_ids = tf.TensorArray(tf.int32, size=width if processed else 0)
         top_log_probs = tf.TensorArray(tf.float32, size=width if processed else 0)
         head_kernel = self.head_weights()  # bf16: widened once per call, not per character
+        numbers = sampler.draws(seed, position, width)  # (width, batch): an active row's i-th is at position + i
+        settings = sampler.prepare(temperature, top_k, top_p, min_p, self.shape.vocab_size)
+        padding = self.head_padding(batch)
         for i in tf.range(longest):
             active = i < num_chars
             top_h = tf.concat(carried[-4:-2], 1) if halves else (carried[-2] if self.cell == "lstm" else carried[-1])
             next_ids, log_prob, best_ids, best_log_probs = sampler.next_chars(
-                self.head(top_h, head_kernel), temperature, top_k, top_p, min_p, seed, position, processed,
-                alternatives)
+                self.head(top_h, head_kernel, padding), settings, numbers[i], processed, alternatives)
             new = self.step_halves(next_ids, carried) if halves else self.step(next_ids, carried, weights)[0]
             carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
             position = tf.where(active, position + 1.0, position)

@@ -12,6 +12,8 @@ greedy: the likeliest character, no draw. Log-probabilities are reported from th
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -49,35 +51,58 @@ def mix(x):
 
 
 def uniform(seed, position):
-    """(batch,) numbers in (0, 1): 24 bits of splitmix64(seed + (position + 1) * golden)."""
+    """Numbers in (0, 1): 24 bits of splitmix64(seed + (position + 1) * golden), elementwise (seed and position
+    broadcast: (batch,) each, or (batch, 1) and (batch, steps) for a call's draws at once)."""
     counter = tf.bitcast(seed, tf.uint64) + (tf.cast(position, tf.uint64) + 1) * tf.constant(GOLDEN, tf.uint64)
     top24 = tf.bitwise.right_shift(mix(counter), tf.constant(40, tf.uint64))
     return (tf.cast(top24, tf.float32) + 0.5) * (1.0 / (1 << 24))
 
 
-def draw(logits, seed, position):
-    """Inverse-CDF sampling: the first character whose cumulative probability reaches the row's number."""
+def draws(seed, position, steps):
+    """(steps, batch): each row's numbers for its next `steps` characters, from `position` on. Made once per call
+    before the loop: a character then costs one read instead of splitmix64's dozen ops."""
+    positions = position[:, None] + tf.range(steps, dtype=tf.float32)[None, :]  # exact integers below 2**24
+    return tf.transpose(uniform(seed[:, None], positions))
+
+
+def draw(logits, u):
+    """Inverse-CDF sampling: the first character whose cumulative probability reaches the row's number u (batch,)."""
     vocab_size = tf.shape(logits)[1]
-    u = uniform(seed, position)  # (batch,)
     cdf = tf.cumsum(tf.nn.softmax(logits), axis=1)  # (batch, vocab)
     below = tf.cast(cdf < u[:, None] * cdf[:, -1:], tf.int32)
     return tf.minimum(tf.reduce_sum(below, axis=1), vocab_size - 1)
 
 
-def filtered(logits, top_k, top_p, min_p):
+class Settings(NamedTuple):
+    """The rows' sampling settings as the per-character ops use them, made once per call (prepare): the loop
+    then repeats none of this."""
+    sampling: tf.Tensor  # (batch,) bool: temperature > 0; greedy rows take the likeliest character
+    divisor: tf.Tensor  # (batch, 1): the temperature, 1 for greedy rows
+    has_top_k: tf.Tensor  # (batch,) bool
+    kth: tf.Tensor  # (batch,) int32: the top-k cut's index among the ranked logits
+    top_p: tf.Tensor  # (batch, 1)
+    has_top_p: tf.Tensor  # (batch,) bool: top_p < 1
+    log_min_p: tf.Tensor  # (batch,): log(min_p); -inf keeps everything
+
+
+def prepare(temperature, top_k, top_p, min_p, vocab_size: int) -> Settings:
+    sampling = temperature > 0
+    return Settings(sampling, tf.where(sampling, temperature, 1.0)[:, None], top_k > 0,
+                    tf.clip_by_value(top_k - 1, 0, vocab_size - 1), top_p[:, None], top_p < 1.0, tf.math.log(min_p))
+
+
+def filtered(logits, settings: Settings):
     """Leave the k likeliest characters, then the likeliest whose mass reaches p, then those at least min_p
     times as likely as the likeliest; the rest -inf. The likeliest character always stays."""
-    vocab_size = tf.shape(logits)[1]
     ranked = tf.sort(logits, direction="DESCENDING")  # (batch, vocab)
-    kth = tf.gather(ranked, tf.clip_by_value(top_k - 1, 0, vocab_size - 1), batch_dims=1)
-    floor = tf.where(top_k > 0, kth, -np.inf)
+    floor = tf.where(settings.has_top_k, tf.gather(ranked, settings.kth, batch_dims=1), -np.inf)
     probs = tf.nn.softmax(tf.where(ranked >= floor[:, None], ranked, -np.inf))
     before = tf.cumsum(probs, axis=1, exclusive=True)  # mass of the better-ranked characters
-    nucleus = tf.reduce_min(tf.where(before < top_p[:, None], ranked, np.inf), axis=1)
+    nucleus = tf.reduce_min(tf.where(before < settings.top_p, ranked, np.inf), axis=1)
     # Only rows that ask: at p = 1 rounding could cut a negligible tail, and a row's text must not depend on
     # whether it (or a batch-mate) asked for log-probabilities.
-    nucleus = tf.where(top_p < 1.0, nucleus, -np.inf)
-    relative = ranked[:, 0] + tf.math.log(min_p)  # p / p_max >= min_p; log(0) = -inf keeps everything
+    nucleus = tf.where(settings.has_top_p, nucleus, -np.inf)
+    relative = ranked[:, 0] + settings.log_min_p  # p / p_max >= min_p
     floor = tf.maximum(tf.maximum(floor, nucleus), relative)
     return tf.where(logits >= floor[:, None], logits, -np.inf)
 
@@ -87,16 +112,16 @@ def processing(top_k, top_p, min_p, logprobs):
     return tf.reduce_any(top_k > 0) | tf.reduce_any(top_p < 1.0) | tf.reduce_any(min_p > 0) | tf.reduce_any(logprobs > 0)
 
 
-def next_chars(logits, temperature, top_k, top_p, min_p, seed, position, processed: bool, alternatives: int):
+def next_chars(logits, settings: Settings, u, processed: bool, alternatives: int):
     """The next character of every row, its log-probability and (when processed) the `alternatives` likeliest
-    characters with theirs: (batch, vocab) logits -> ids (batch,), log_prob (batch,), top ids and log-probs
-    (batch, alternatives), or None."""
+    characters with theirs: (batch, vocab) logits, the rows' prepared settings and numbers u (batch,; draws())
+    -> ids (batch,), log_prob (batch,), top ids and log-probs (batch, alternatives), or None."""
     raw = tf.nn.log_softmax(logits)  # the model's own distribution: what log-probabilities report
     greedy = tf.argmax(logits, axis=1, output_type=tf.int32)
-    scaled = logits / tf.where(temperature > 0, temperature, 1.0)[:, None]
+    scaled = logits / settings.divisor
     if processed:
-        scaled = filtered(scaled, top_k, top_p, min_p)
-    ids = tf.where(temperature > 0, draw(scaled, seed, position), greedy)
+        scaled = filtered(scaled, settings)
+    ids = tf.where(settings.sampling, draw(scaled, u), greedy)
     chosen = tf.gather(raw, ids, batch_dims=1)
     if not processed:
         return ids, chosen, None, None
