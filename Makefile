@@ -107,8 +107,8 @@ bench-generate: setup
 bench-serve: setup
 	@$(call tf,$(PY) -m benchmarks.bench_serve)
 
-# The gateway under 5,000 mixed and hostile requests from 120 clients (hang-ups, malformed bodies, tampered states,
-# slow readers), local backend then through the TF Serving stand-in; stops by itself (at most 15 minutes per backend),
+# The gateway under 10,000 mixed and hostile requests from 120 clients (hang-ups, malformed bodies, tampered states,
+# slow readers), local backend then through the TF Serving stand-in; stops by itself (at most 30 minutes per backend),
 # figures appended to docs/results.md, non-zero exit if a check failed (benchmarks/soak.py says which).
 # A quick one: make soak SOAK_ARGS="--requests 200 --clients 10 --hidden 64 --layers 1 --no-record".
 SOAK_ARGS ?=

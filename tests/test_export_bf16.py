@@ -170,7 +170,7 @@ def test_a_cpu_without_bf16_units_still_exports_with_a_note(trained_run, tmp_pat
 def test_every_cell_type_exports_in_bf16(cell, block_units, monkeypatch):
     """Untrained weights are enough: a bf16 graph computes the Keras model's function to bf16's precision, on
     both the scoring path and the generation loop (one row, and a batch), with the kernels in several blocks
-    (5 units) and in one."""
+    (at most 5 units, three a gate) and in one a gate."""
     import math
 
     import training.graph
@@ -187,7 +187,8 @@ def test_every_cell_type_exports_in_bf16(cell, block_units, monkeypatch):
     model = CharRNN(len(vocab), TrainConfig(cell=cell, embedding_size=6, hidden_size=12, num_layers=2, dropout=0.0))
     module = CharLMGraph(ModelShape.of(model), vocab.chars, precision="bf16")
     module.assign_weights(model)
-    assert (len(module.kernels[0]) > 1) == (block_units == 5)
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]  # 12 units a gate: 3 blocks of 4 each, or one
+    assert len(module.kernels[0]) == gates * (3 if block_units == 5 else 1)
     text = "abc defg\nhab cd"
     ids = vocab.encode(text)
     logits, _ = model(tf.constant(ids[None, :-1]), model.zero_state(1))

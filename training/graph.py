@@ -71,8 +71,8 @@ class CharLMGraph(tf.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.shape, self.precision = shape, precision
-        # bf16: a kernel is a list of blocks of output units (BF16_BLOCK_UNITS), each (in, units), multiplied
-        # as x @ block. Its sums are rounded to bf16 once, so a row's result must not depend on the batch size
+        # bf16: a kernel is a list of blocks of output units (at most BF16_BLOCK_UNITS, none straddling two
+        # gates), each (in, units), multiplied as x @ block. Its sums are rounded to bf16 once, so a row's result must not depend on the batch size
         # (one row alone, or in a batch of 64): the tests check that a row's text and log-probabilities are
         # the same alone and batched. An LSTM's or RNN's bias is bf16 too, in the same blocks, added inside the
         # product (grappler fuses MatMul + BiasAdd into one oneDNN op; for one stream's generate that measured 1.36x the
@@ -143,8 +143,12 @@ class CharLMGraph(tf.Module):
 
     # --- products with the stored weights --------------------------------------------------------------
     def block_units(self, units: int) -> list[slice]:
-        bounds = np.linspace(0, units, -(-units // BF16_BLOCK_UNITS) + 1).astype(int)
-        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        """Blocks of at most BF16_BLOCK_UNITS output units, none straddling two gates: a gate is then its
+        block (or the concatenation of its blocks), with no split of the whole product."""
+        gates = {"lstm": 4, "gru": 3}.get(self.cell, 1)
+        per_gate = units // gates
+        bounds = np.linspace(0, per_gate, -(-per_gate // BF16_BLOCK_UNITS) + 1).astype(int)
+        return [slice(g * per_gate + a, g * per_gate + b) for g in range(gates) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def new_kernel(self, n_in: int, n_out: int, name: str):
         if not self.bf16:
@@ -166,21 +170,25 @@ class CharLMGraph(tf.Module):
         """A matmul operand in the weights' dtype (bf16 rounds the float32 activations; fp32: unchanged)."""
         return tf.cast(x, self.weight_dtype)
 
-    def dense(self, x, kernel, bias):
-        """x (batch, in) @ kernel + bias -> float32 (batch, out).
+    def gate_products(self, x, kernel, bias, gates: int) -> list:
+        """x (batch, in) @ kernel + bias -> float32 (batch, out), as its `gates` equal parts (batch, out / gates).
 
         bf16: bf16 operands, fp32 accumulation inside oneDNN; a bf16 bias (a list of blocks) is added there
         too, each sum rounded once to bf16 and widened to float32, where the gate arithmetic runs (a float32
         bias is added after the widening)."""
         if not self.bf16:
-            return tf.matmul(x, kernel) + bias
+            return tf.split(tf.matmul(x, kernel) + bias, gates, axis=1) if gates > 1 else [tf.matmul(x, kernel) + bias]
         x = self.operand(x)
         if isinstance(bias, list):  # each (batch, units); independent, so run side by side
             blocks = [tf.nn.bias_add(tf.matmul(x, k), b) for k, b in zip(kernel, bias)]
         else:
             blocks = [tf.matmul(x, k) for k in kernel]
-        z = tf.cast(tf.concat(blocks, 1) if len(blocks) > 1 else blocks[0], tf.float32)  # (batch, out)
-        return z if isinstance(bias, list) else z + bias
+        per_gate = len(blocks) // gates  # block_units: no block straddles two gates
+        parts = [tf.cast(tf.concat(blocks[g * per_gate:(g + 1) * per_gate], 1) if per_gate > 1 else blocks[g * per_gate],
+                         tf.float32) for g in range(gates)]
+        if isinstance(bias, list):
+            return parts
+        return [p + b for p, b in zip(parts, tf.split(bias, gates))]
 
     def float_weights(self, variable):
         """A stored weight as float32 in the fp32 layout, for the ops that only take float32 (BlockLSTM)
@@ -215,8 +223,8 @@ class CharLMGraph(tf.Module):
         for i in range(self.layers):
             if self.cell == "lstm":
                 h, c = parts[2 * i], parts[2 * i + 1]
-                z = self.dense(tf.concat([self.operand(x), self.operand(h)], 1), *weights[i])  # (batch, 4*hidden)
-                zi, zg, zf, zo = tf.split(z, 4, axis=1)  # i, c, f, o
+                xh = tf.concat([self.operand(x), self.operand(h)], 1)
+                zi, zg, zf, zo = self.gate_products(xh, *weights[i], gates=4)  # i, c, f, o; each (batch, hidden)
                 gi, gf, gg, go = tf.sigmoid(zi), tf.sigmoid(zf), tf.tanh(zg), tf.sigmoid(zo)
                 c = gf * c + gi * gg
                 x = go * tf.tanh(c)
@@ -225,13 +233,14 @@ class CharLMGraph(tf.Module):
             elif self.cell == "gru":
                 h = parts[i]
                 kernel, bias, recurrent_kernel, recurrent_bias = weights[i]
-                xz, xr, xh = tf.split(self.dense(x, kernel, bias), 3, axis=1)
-                hz, hr, hh = tf.split(self.dense(h, recurrent_kernel, recurrent_bias), 3, axis=1)
+                xz, xr, xh = self.gate_products(x, kernel, bias, gates=3)
+                hz, hr, hh = self.gate_products(h, recurrent_kernel, recurrent_bias, gates=3)
                 z, r = tf.sigmoid(xz + hz), tf.sigmoid(xr + hr)
                 x = z * h + (1.0 - z) * tf.tanh(xh + r * hh)
                 new_parts.append(x)
             else:
-                x = tf.tanh(self.dense(tf.concat([self.operand(x), self.operand(parts[i])], 1), *weights[i]))
+                x = tf.tanh(self.gate_products(tf.concat([self.operand(x), self.operand(parts[i])], 1), *weights[i],
+                                               gates=1)[0])
                 new_parts.append(x)
         return new_parts, gates
 
