@@ -54,10 +54,10 @@ GRIDS = {
     # For tests and a quick look: the tiny preset, one size, seconds per configuration.
     "tiny": Grid(CELLS, (1,), (32,), ("--preset", "tiny", "--epochs", "1")),
     # Fits a 2-core CPU in under an hour on tiny-shakespeare (docs/sweep.md: an estimate from measured step times).
-    # No dropout: models this small trained this briefly underfit, they do not overfit. fp32, no moving average:
-    # the table in docs/results.md was measured so.
+    # No dropout: models this small trained this briefly underfit, they do not overfit. fp32, no moving average,
+    # no weight decay: the table in docs/results.md was measured so.
     "small": Grid(CELLS, (1, 2), (64, 128), ("--preset", "small", "--epochs", "3", "--dropout", "0",
-                                                "--precision", "fp32", "--ema-momentum", "0")),
+                                                "--precision", "fp32", "--ema-momentum", "0", "--weight-decay", "0")),
     # The paper's whole grid, 36 configurations: for a cluster (k8s/sweep/), not a laptop.
     "paper": Grid(CELLS, (1, 2, 3), (64, 128, 256, 512), ("--preset", "medium", "--epochs", "30")),
 }
