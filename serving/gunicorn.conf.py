@@ -41,7 +41,6 @@ def _limit_malloc_arenas(arenas=_MALLOC_ARENAS):
 _limit_malloc_arenas()
 
 
-
 # A request gunicorn cannot parse (a broken request line or header, too many or too long headers) never reaches
 # the app: gunicorn answers it itself with an HTML page (gunicorn.util.write_error, which its workers call by that
 # name). Answered instead in OpenAI's error envelope, like every other refusal, with gunicorn's own status and text.
@@ -58,13 +57,9 @@ def _write_json_error(sock, status_int, reason, mesg):
     write_nonblock(sock, head + body)
 
 
-def _answer_parse_errors_in_json():
-    import gunicorn.util
+import gunicorn.util as _gunicorn_util  # noqa: E402
 
-    gunicorn.util.write_error = _write_json_error
-
-
-_answer_parse_errors_in_json()
+_gunicorn_util.write_error = _write_json_error
 
 # Threads, not processes, hold the streams: a stream is a thread waiting on the batcher, and one worker
 # batches all of its streams into one model call. More workers multiply memory (a model copy each) and split

@@ -72,11 +72,12 @@ class CharLMGraph(tf.Module):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.shape, self.precision = shape, precision
         # bf16: a kernel is a list of blocks of output units (at most BF16_BLOCK_UNITS, none straddling two
-        # gates), each (in, units), multiplied as x @ block. Its sums are rounded to bf16 once, so a row's result must not depend on the batch size
-        # (one row alone, or in a batch of 64): the tests check that a row's text and log-probabilities are
-        # the same alone and batched. An LSTM's or RNN's bias is bf16 too, in the same blocks, added inside the
-        # product (grappler fuses MatMul + BiasAdd into one oneDNN op; for one stream's generate that measured 1.36x the
-        # plain product with a float32 bias added after, AMD EPYC); a GRU's stays float32, added after.
+        # gates), each (in, units), multiplied as x @ block. Its sums are rounded to bf16 once, so a row's
+        # result must not depend on the batch size (one row alone, or in a batch of 64): the tests check that a
+        # row's text and log-probabilities are the same alone and batched. An LSTM's or RNN's bias is bf16 too,
+        # in the same blocks, added inside the product (grappler fuses MatMul + BiasAdd into one oneDNN op; one
+        # stream's generate measured 1.36x the plain product with a float32 bias added after, AMD EPYC); a GRU's
+        # stays float32, added after.
         self.bf16 = precision == "bf16"
         self.weight_dtype = tf.bfloat16 if self.bf16 else tf.float32
         self.cell, self.hidden, self.layers, self.per_layer = shape.cell, shape.hidden_size, shape.num_layers, shape.per_layer
@@ -177,7 +178,8 @@ class CharLMGraph(tf.Module):
         too, each sum rounded once to bf16 and widened to float32, where the gate arithmetic runs (a float32
         bias is added after the widening)."""
         if not self.bf16:
-            return tf.split(tf.matmul(x, kernel) + bias, gates, axis=1) if gates > 1 else [tf.matmul(x, kernel) + bias]
+            z = tf.matmul(x, kernel) + bias
+            return tf.split(z, gates, axis=1) if gates > 1 else [z]
         x = self.operand(x)
         if isinstance(bias, list):  # each (batch, units); independent, so run side by side
             blocks = [tf.nn.bias_add(tf.matmul(x, k), b) for k, b in zip(kernel, bias)]
