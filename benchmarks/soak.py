@@ -394,7 +394,7 @@ class Client(threading.Thread):
                         outcome.problem = f"bad_json:200 reply is not strict JSON ({e})"
                 elif response.status >= 400:
                     problem = envelope_problem(response.status, data)
-                    if problem and not (expect == "not5xx" and note and note.startswith("framing")):
+                    if problem:
                         outcome.problem = f"bad_envelope:{problem}"
                 if response.status == 429 and not response.getheader("Retry-After"):
                     outcome.problem = "bad_envelope:429 without Retry-After"
@@ -754,7 +754,7 @@ class Client(threading.Thread):
                 outcome.status = response.status
                 body = response.read()
                 outcome.response = excerpt(body)
-                if response.status >= 400 and expect == "4xx":
+                if response.status >= 400:  # gunicorn's own answers too (serving/gunicorn.conf.py)
                     problem = envelope_problem(response.status, body)
                     if problem:
                         outcome.problem = f"bad_envelope:{problem} ({name})"
@@ -927,7 +927,8 @@ _CATALOGUE = None
 
 def catalogue(ctx: Context) -> list[tuple[str, str, str, bytes, dict, str]]:
     """(name, method, path, body, headers, expect). expect "4xx": a 4xx with the error envelope; "not5xx": the
-    gateway may accept it (a valid body under a wrong content type, HTTP framing errors answered by gunicorn)."""
+    gateway may accept it (a valid body under a wrong content type; HTTP framing that gunicorn may take or close
+    on), and any 4xx it gets still has the envelope, gunicorn's own answers included."""
     global _CATALOGUE
     if _CATALOGUE is not None:
         return _CATALOGUE
