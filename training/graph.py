@@ -72,9 +72,11 @@ class CharLMGraph(tf.Module):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.shape, self.precision = shape, precision
         # bf16: a kernel is a list of blocks of output units (at most BF16_BLOCK_UNITS, none straddling two
-        # gates), each (in, units), multiplied as x @ block. Its sums are rounded to bf16 once, so a row's
-        # result must not depend on the batch size (one row alone, or in a batch of 64): the tests check that a
-        # row's text and log-probabilities are the same alone and batched. An LSTM's or RNN's bias is bf16 too,
+        # gates), each stored (units, in) and multiplied as x @ block^T: oneDNN reads each output unit's weights
+        # in one run (batch 64 measured 1.10x as fast as with (in, units) blocks, one stream the same; Intel
+        # Xeon with AMX). Its sums are rounded to bf16 once, so a row's result must not depend on the batch size
+        # (one row alone, or in a batch of 64): the tests check that a row's text and log-probabilities are the
+        # same alone and batched. An LSTM's or RNN's bias is bf16 too,
         # in the same blocks, added inside the product (grappler fuses MatMul + BiasAdd into one oneDNN op; one
         # stream's generate measured 1.36x the plain product with a float32 bias added after, AMD EPYC); a GRU's
         # stays float32, added after.
@@ -121,7 +123,8 @@ class CharLMGraph(tf.Module):
             if not isinstance(weight, list):
                 return weight.assign(tf.cast(value, weight.dtype))
             for block, units in zip(weight, self.block_units(value.shape[-1])):  # blocks of output units
-                block.assign(tf.cast(value[..., units], tf.bfloat16))  # float32 -> bfloat16 rounds to nearest even
+                part = value[..., units].T  # a kernel's block is stored (units, in); a bias's (units,)
+                block.assign(tf.cast(part, tf.bfloat16))  # float32 -> bfloat16 rounds to nearest even
 
         store(self.embedding, model.embedding.embeddings.numpy())
         for i, layer in enumerate(model.recurrent):
@@ -154,7 +157,7 @@ class CharLMGraph(tf.Module):
     def new_kernel(self, n_in: int, n_out: int, name: str):
         if not self.bf16:
             return tf.Variable(tf.zeros([n_in, n_out]), name=name)
-        return [tf.Variable(tf.zeros([n_in, u.stop - u.start], tf.bfloat16), name=name) for u in self.block_units(n_out)]
+        return [tf.Variable(tf.zeros([u.stop - u.start, n_in], tf.bfloat16), name=name) for u in self.block_units(n_out)]
 
     def new_bias(self, n_out: int, name: str):
         if not self.bf16:
@@ -162,10 +165,22 @@ class CharLMGraph(tf.Module):
         return [tf.Variable(tf.zeros([u.stop - u.start], tf.bfloat16), name=name) for u in self.block_units(n_out)]
 
     def layer_weights(self):
-        """Per layer, what step() multiplies by: (kernel, bias), GRU (kernel, bias, recurrent kernel, its bias)."""
+        """What step() reads: the embedding table, then per layer (kernel, bias), GRU (kernel, bias, recurrent
+        kernel, its bias); each read from its variable here, so a caller that loops reads them once per call,
+        not once per character (a read is an op of its own in every iteration)."""
+        read = lambda w: [tf.convert_to_tensor(b) for b in w] if isinstance(w, list) else tf.convert_to_tensor(w)
         if self.cell == "gru":
-            return [(k, b[0], r, b[1]) for k, r, b in zip(self.kernels, self.recurrent_kernels, self.biases)]
-        return list(zip(self.kernels, self.biases))
+            layers = [(k, b[0], r, b[1]) for k, r, b in zip(self.kernels, self.recurrent_kernels, self.biases)]
+        else:
+            layers = list(zip(self.kernels, self.biases))
+        return read(self.embedding), [tuple(read(w) for w in layer) for layer in layers]
+
+    def half_weights(self):
+        """step_halves' weights, read once per call as layer_weights' are: the embedding table, then per layer
+        and half (kernel, bias)."""
+        return tf.convert_to_tensor(self.embedding), [
+            [(tf.convert_to_tensor(k), tf.convert_to_tensor(b)) for k, b in zip(kernels, biases)]
+            for kernels, biases in zip(self.half_kernels, self.half_biases)]
 
     def operand(self, x):
         """A matmul operand in the weights' dtype (bf16 rounds the float32 activations; fp32: unchanged)."""
@@ -182,9 +197,9 @@ class CharLMGraph(tf.Module):
             return tf.split(z, gates, axis=1) if gates > 1 else [z]
         x = self.operand(x)
         if isinstance(bias, list):  # each (batch, units); independent, so run side by side
-            blocks = [tf.nn.bias_add(tf.matmul(x, k), b) for k, b in zip(kernel, bias)]
+            blocks = [tf.nn.bias_add(tf.matmul(x, k, transpose_b=True), b) for k, b in zip(kernel, bias)]
         else:
-            blocks = [tf.matmul(x, k) for k in kernel]
+            blocks = [tf.matmul(x, k, transpose_b=True) for k in kernel]
         per_gate = len(blocks) // gates  # block_units: no block straddles two gates
         parts = [tf.cast(tf.concat(blocks[g * per_gate:(g + 1) * per_gate], 1) if per_gate > 1 else blocks[g * per_gate],
                          tf.float32) for g in range(gates)]
@@ -197,6 +212,8 @@ class CharLMGraph(tf.Module):
         and for the head; once per call, outside any per-character loop. fp32: the variable itself."""
         if not self.bf16:
             return variable
+        if isinstance(variable, list) and variable[0].shape.rank == 2:  # a kernel's blocks, each (units, in)
+            return tf.transpose(tf.cast(tf.concat(variable, 0), tf.float32))
         return tf.cast(tf.concat(variable, -1) if isinstance(variable, list) else variable, tf.float32)
 
     # --- the recurrence, one character at a time -------------------------------------------------
@@ -219,8 +236,8 @@ class CharLMGraph(tf.Module):
     def step(self, ids, parts, weights=None):
         """Consume ids (batch,) -> new per-layer states, and gates (batch, layers, 4*hidden) for LSTM.
         weights: layer_weights(), read once per call by a caller that loops."""
-        weights = self.layer_weights() if weights is None else weights
-        x = tf.gather(self.embedding, ids)  # (batch, embedding), in the weights' dtype
+        table, weights = self.layer_weights() if weights is None else weights
+        x = tf.gather(table, ids)  # (batch, embedding), in the weights' dtype
         new_parts, gates = [], []
         for i in range(self.layers):
             if self.cell == "lstm":
@@ -246,14 +263,15 @@ class CharLMGraph(tf.Module):
                 new_parts.append(x)
         return new_parts, gates
 
-    def step_halves(self, ids, halves):
+    def step_halves(self, ids, halves, weights):
         """Consume ids with each LSTM layer as two LSTMBlockCell ops over half its units each.
 
-        halves: per layer h[:half], h[half:], c[:half], c[half:]. A single stream is bound by reading the
-        weights once per character; the two ops are independent, so TensorFlow runs them on two cores at
-        once, and one op per half-layer instead of a dozen keeps the per-character overhead low.
+        halves: per layer h[:half], h[half:], c[:half], c[half:]; weights: half_weights(). A single stream is
+        bound by reading the weights once per character; the two ops are independent, so TensorFlow runs them
+        on two cores at once, and one op per half-layer instead of a dozen keeps the per-character overhead low.
         """
-        x = tf.gather(self.embedding, ids)  # (batch, embedding)
+        table, layers = weights
+        x = tf.gather(table, ids)  # (batch, embedding)
         new_halves = []
         for i in range(self.layers):
             h_a, h_b, c_a, c_b = halves[4 * i: 4 * i + 4]
@@ -261,9 +279,10 @@ class CharLMGraph(tf.Module):
             for own in (0, 1):
                 h_own, h_other, c_own = (h_a, h_b, c_a) if own == 0 else (h_b, h_a, c_b)
                 no_peephole = tf.zeros(tf.shape(c_own)[1:])
+                kernel, bias = layers[i][own]
                 result = tf.raw_ops.LSTMBlockCell(
-                    x=tf.concat([x, h_other], 1), cs_prev=c_own, h_prev=h_own, w=self.half_kernels[i][own],
-                    wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=self.half_biases[i][own],
+                    x=tf.concat([x, h_other], 1), cs_prev=c_own, h_prev=h_own, w=kernel,
+                    wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=bias,
                     forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
                 out.append((result[6], result[1]))  # h, c of these units
             (h_a, c_a), (h_b, c_b) = out
@@ -382,11 +401,12 @@ class CharLMGraph(tf.Module):
         # One spare row at the end, so stacking works when the text is empty (size 0 cannot stack).
         scores = tf.TensorArray(tf.float32, size=steps + 1)  # the log-distribution before each character
         trace = tf.TensorArray(tf.float32, size=steps + 1 if collect else 0)
+        weights = self.layer_weights()
         for t in tf.range(steps):
             active = t < lengths  # (batch,)
             ids_t = tf.maximum(ids[:, t], 0)
             scores = scores.write(t, tf.nn.log_softmax(self.logits(parts)))
-            new_parts, gates = self.step(ids_t, parts)
+            new_parts, gates = self.step(ids_t, parts, weights)
             if collect:
                 trace = trace.write(t, tf.concat(new_parts + gates, axis=1))
             parts = [tf.where(active[:, None], n, o) for n, o in zip(new_parts, parts)]
@@ -426,27 +446,25 @@ class CharLMGraph(tf.Module):
     def prime_and_sample(self, ids, lengths, parts, position, num_chars, temperature, top_k, top_p, min_p, seed,
                          fused_cell, processed):
         halves = fused_cell and self.half_kernels is not None
-        weights = self.layer_weights() if self.bf16 else None
+        weights = self.half_weights() if halves else self.layer_weights()
+        step = (lambda ids, carried: self.step_halves(ids, carried, weights)) if halves else (
+            lambda ids, carried: self.step(ids, carried, weights)[0])
         if halves:
             # A few rows: the prompt too goes character by character on both cores, as generation does.
             carried = [piece for p in parts for piece in (p[:, :self.hidden // 2], p[:, self.hidden // 2:])]
-            for t in tf.range(tf.shape(ids)[1]):
-                active = t < lengths
-                new = self.step_halves(tf.maximum(ids[:, t], 0), carried)
-                carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
-            position = position + tf.cast(lengths, tf.float32)
         elif self.bf16:
             # The prompt through the same bf16 step as the generated characters, at any batch size (score's
             # float32 BlockLSTM would leave a row's state, and so its text, depending on the batch size).
             carried = parts
-            for t in tf.range(tf.shape(ids)[1]):
-                active = t < lengths
-                new = self.step(tf.maximum(ids[:, t], 0), carried, weights)[0]
-                carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
-            position = position + tf.cast(lengths, tf.float32)
         else:
             parts, position, _, _ = self.consume(ids, lengths, parts, position)
             carried = parts
+        if halves or self.bf16:
+            for t in tf.range(tf.shape(ids)[1]):
+                active = t < lengths
+                new = step(tf.maximum(ids[:, t], 0), carried)
+                carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
+            position = position + tf.cast(lengths, tf.float32)
         longest = longest_of(num_chars)
         batch, alternatives = tf.shape(num_chars)[0], self.alternatives
         # The outputs are built TIME_PADDING-wide blocks past `longest` (at least one spare column: stacking size
@@ -461,13 +479,28 @@ class CharLMGraph(tf.Module):
         numbers = sampler.draws(seed, position, width)  # (width, batch): an active row's i-th is at position + i
         settings = sampler.prepare(temperature, top_k, top_p, min_p, self.shape.vocab_size)
         padding = self.head_padding(batch)
-        for i in tf.range(longest):
-            active = i < num_chars
+
+        def next_chars(i, carried):
             top_h = tf.concat(carried[-4:-2], 1) if halves else (carried[-2] if self.cell == "lstm" else carried[-1])
-            next_ids, log_prob, best_ids, best_log_probs = sampler.next_chars(
-                self.head(top_h, head_kernel, padding), settings, numbers[i], processed, alternatives)
-            new = self.step_halves(next_ids, carried) if halves else self.step(next_ids, carried, weights)[0]
-            carried = [tf.where(active[:, None], n, o) for n, o in zip(new, carried)]
+            return sampler.next_chars(self.head(top_h, head_kernel, padding), settings, numbers[i], processed,
+                                      alternatives)
+
+        # Until the shortest row's end every row is active: that loop keeps no mask (a tf.where per state and
+        # output, each character); the rest, while rows of other lengths run on, masks the rows that are done.
+        shortest = tf.reduce_min(tf.concat([num_chars, [longest]], 0))  # 0 for an empty batch, as `longest`
+        for i in tf.range(shortest):
+            next_ids, log_prob, best_ids, best_log_probs = next_chars(i, carried)
+            carried = step(next_ids, carried)
+            out = out.write(i, next_ids)
+            chosen = chosen.write(i, log_prob)
+            if processed:
+                top_ids = top_ids.write(i, best_ids)
+                top_log_probs = top_log_probs.write(i, best_log_probs)
+        position = position + tf.cast(shortest, tf.float32)
+        for i in tf.range(shortest, longest):
+            active = i < num_chars
+            next_ids, log_prob, best_ids, best_log_probs = next_chars(i, carried)
+            carried = [tf.where(active[:, None], n, o) for n, o in zip(step(next_ids, carried), carried)]
             position = tf.where(active, position + 1.0, position)
             out = out.write(i, tf.where(active, next_ids, -1))
             chosen = chosen.write(i, tf.where(active, log_prob, 0.0))
