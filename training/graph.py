@@ -476,7 +476,8 @@ class CharLMGraph(tf.Module):
         top_ids = tf.TensorArray(tf.int32, size=width if processed else 0)
         top_log_probs = tf.TensorArray(tf.float32, size=width if processed else 0)
         head_kernel = self.head_weights()  # bf16: widened once per call, not per character
-        numbers = sampler.draws(seed, position, width)  # (width, batch): an active row's i-th is at position + i
+        # (width, batch, 1): an active row's i-th number is at position + i
+        numbers = sampler.step_numbers(sampler.draws(seed, position, width), temperature)
         settings = sampler.prepare(temperature, top_k, top_p, min_p, self.shape.vocab_size)
         padding = self.head_padding(batch)
 

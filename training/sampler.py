@@ -4,8 +4,9 @@ Used by the exported graph (training/graph.py) for every `generate` call, and so
 each training epoch, which runs the same graph: one sampler, one random stream, the same text for the same
 seed wherever it runs.
 
-Order (vLLM's): temperature, then top-k, then top-p, then min-p, then inverse-CDF sampling with one uniform
-number per row per character: splitmix64's output number `position` for the stream `seed`. A row's draws never
+Order (vLLM's): temperature, then top-k, then top-p, then min-p, then inverse-CDF sampling along the characters
+ranked likeliest first (each filter keeps a prefix of that ranking) with one uniform number per row per
+character: splitmix64's output number `position` for the stream `seed`. A row's draws never
 depend on its batch-mates, and a continued stream draws what one long call would have drawn. Temperature 0 is
 greedy: the likeliest character, no draw. Log-probabilities are reported from the model's own distribution
 (before temperature and filters, as vLLM's default `raw_logprobs` and OpenAI's API report them).
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import tensorflow as tf
 
 from model_interface.signatures import MAX_CHARS_PER_CALL, MAX_LOGPROBS, MAX_TEMPERATURE, MAX_TOP_K
@@ -65,65 +65,72 @@ def draws(seed, position, steps):
     return tf.transpose(uniform(seed[:, None], positions))
 
 
-def draw(logits, u):
-    """Inverse-CDF sampling: the first character whose cumulative probability reaches the row's number u (batch,)."""
-    vocab_size = tf.shape(logits)[1]
-    cdf = tf.cumsum(tf.nn.softmax(logits), axis=1)  # (batch, vocab)
-    below = tf.cast(cdf < u[:, None] * cdf[:, -1:], tf.int32)
-    return tf.minimum(tf.reduce_sum(below, axis=1), vocab_size - 1)
-
-
 class Settings(NamedTuple):
     """The rows' sampling settings as the per-character ops use them, made once per call (prepare): the loop
     then repeats none of this."""
-    sampling: tf.Tensor  # (batch,) bool: temperature > 0; greedy rows take the likeliest character
     divisor: tf.Tensor  # (batch, 1): the temperature, 1 for greedy rows
-    has_top_k: tf.Tensor  # (batch,) bool
-    kth: tf.Tensor  # (batch,) int32: the top-k cut's index among the ranked logits
-    top_p: tf.Tensor  # (batch, 1)
-    has_top_p: tf.Tensor  # (batch,) bool: top_p < 1
-    log_min_p: tf.Tensor  # (batch,): log(min_p); -inf keeps everything
+    last_of_top_k: tf.Tensor  # (batch, 1) int32: the rank of the top-k set's last character (vocab - 1: top-k off)
+    top_p: tf.Tensor  # (batch, 1): the nucleus' share of the top-k set's mass; 1 keeps all of it
+    neg_log_min_p: tf.Tensor  # (batch, 1): -log(min_p); +inf keeps everything
 
 
 def prepare(temperature, top_k, top_p, min_p, vocab_size: int) -> Settings:
-    sampling = temperature > 0
-    return Settings(sampling, tf.where(sampling, temperature, 1.0)[:, None], top_k > 0,
-                    tf.clip_by_value(top_k - 1, 0, vocab_size - 1), top_p[:, None], top_p < 1.0, tf.math.log(min_p))
+    last = tf.where(top_k > 0, tf.minimum(top_k, vocab_size) - 1, vocab_size - 1)
+    return Settings(tf.where(temperature > 0, temperature, 1.0)[:, None], last[:, None], top_p[:, None],
+                    -tf.math.log(min_p)[:, None])
 
 
-def filtered(logits, settings: Settings):
-    """Leave the k likeliest characters, then the likeliest whose mass reaches p, then those at least min_p
-    times as likely as the likeliest; the rest -inf. The likeliest character always stays."""
-    ranked = tf.sort(logits, direction="DESCENDING")  # (batch, vocab)
-    floor = tf.where(settings.has_top_k, tf.gather(ranked, settings.kth, batch_dims=1), -np.inf)
-    probs = tf.nn.softmax(tf.where(ranked >= floor[:, None], ranked, -np.inf))
-    before = tf.cumsum(probs, axis=1, exclusive=True)  # mass of the better-ranked characters
-    nucleus = tf.reduce_min(tf.where(before < settings.top_p, ranked, np.inf), axis=1)
-    # Only rows that ask: at p = 1 rounding could cut a negligible tail, and a row's text must not depend on
-    # whether it (or a batch-mate) asked for log-probabilities.
-    nucleus = tf.where(settings.has_top_p, nucleus, -np.inf)
-    relative = ranked[:, 0] + settings.log_min_p  # p / p_max >= min_p
-    floor = tf.maximum(tf.maximum(floor, nucleus), relative)
-    return tf.where(logits >= floor[:, None], logits, -np.inf)
+def step_numbers(numbers, temperature):
+    """draws()' (steps, batch) as the loop reads them, (steps, batch, 1), and 0 for greedy rows: a draw of 0
+    picks the likeliest character, so greedy needs no op of its own per character."""
+    return tf.where(temperature[None, :] > 0, numbers, 0.0)[..., None]
+
+
+def kept(weights, cumulative, scaled_gap, settings: Settings):
+    """How many of the ranked characters the filters leave, (batch, 1): the top k, then of those the likeliest
+    whose mass reaches p, then those at least min_p times as likely as the likeliest. Each filter keeps a
+    prefix of the ranking, so their intersection is the shortest prefix, and the likeliest always stays.
+
+    weights: (batch, vocab) exp(scaled logit - the best one), ranked; cumulative: their running sums;
+    scaled_gap: log(weights)."""
+    top_k_mass = tf.gather(cumulative, settings.last_of_top_k, batch_dims=1)  # (batch, 1)
+    # A character stays while the mass ranked before it is below p of the top-k set's. At p = 1 that is every
+    # character of the set, as past it the mass before a character is the whole set's: top-k needs no test of
+    # its own. A weight too small to move the running sum is dropped, and could never be drawn anyway.
+    before = tf.cumsum(weights, axis=1, exclusive=True)  # the same running sums one place later: ascending
+    nucleus = tf.searchsorted(before, settings.top_p * top_k_mass)  # how many have less mass before them
+    near = tf.searchsorted(-scaled_gap, settings.neg_log_min_p, side="right")  # how many have p / p_max >= min_p
+    return tf.minimum(nucleus, near)
 
 
 def processing(top_k, top_p, min_p, logprobs):
-    """Whether any row filters or wants alternatives: the sort costs every step, so calls without either skip it."""
+    """Whether any row filters or wants alternatives: the filters cost every step, so calls without either skip them."""
     return tf.reduce_any(top_k > 0) | tf.reduce_any(top_p < 1.0) | tf.reduce_any(min_p > 0) | tf.reduce_any(logprobs > 0)
 
 
 def next_chars(logits, settings: Settings, u, processed: bool, alternatives: int):
     """The next character of every row, its log-probability and (when processed) the `alternatives` likeliest
-    characters with theirs: (batch, vocab) logits, the rows' prepared settings and numbers u (batch,; draws())
-    -> ids (batch,), log_prob (batch,), top ids and log-probs (batch, alternatives), or None."""
-    raw = tf.nn.log_softmax(logits)  # the model's own distribution: what log-probabilities report
-    greedy = tf.argmax(logits, axis=1, output_type=tf.int32)
-    scaled = logits / settings.divisor
+    characters with theirs: (batch, vocab) logits, the rows' prepared settings and numbers u (batch, 1;
+    step_numbers()) -> ids (batch,), log_prob (batch,), top ids and log-probs (batch, alternatives), or None.
+
+    Everything runs on the characters ranked likeliest first (one top_k of the whole vocabulary; ties in
+    vocabulary order): the filters keep a prefix of the ranking, the draw walks it, the alternatives are its
+    head. A per-character op costs about a microsecond whatever its size, so this chain is kept short: one
+    ranking, and binary searches instead of masks and counts."""
+    ranked, order = tf.math.top_k(logits, k=tf.shape(logits)[1])  # (batch, vocab) each
+    scaled_gap = (ranked - ranked[:, :1]) / settings.divisor  # (batch, vocab), <= 0: the best is 0
+    weights = tf.exp(scaled_gap)  # unnormalised probabilities after temperature, ranked
+    cumulative = tf.cumsum(weights, axis=1)
     if processed:
-        scaled = filtered(scaled, settings)
-    ids = tf.where(settings.sampling, draw(scaled, u), greedy)
-    chosen = tf.gather(raw, ids, batch_dims=1)
+        mass = tf.gather(cumulative, kept(weights, cumulative, scaled_gap, settings) - 1, batch_dims=1)
+    else:
+        mass = cumulative[:, -1:]  # (batch, 1)
+    # Inverse CDF along the ranking: the first character whose running mass reaches u of the kept mass, at
+    # most the last kept one (its running sum is that mass, and u < 1).
+    rank = tf.searchsorted(cumulative, u * mass)[:, 0]  # (batch,)
+    raw = tf.nn.log_softmax(ranked)  # the model's own distribution, ranked: what log-probabilities report
+    ids = tf.gather(order, rank, batch_dims=1)
+    chosen = tf.gather(raw, rank, batch_dims=1)
     if not processed:
         return ids, chosen, None, None
-    top_log_probs, top_ids = tf.math.top_k(raw, k=alternatives)
-    return ids, chosen, top_ids, top_log_probs
+    return ids, chosen, order[:, :alternatives], raw[:, :alternatives]
