@@ -13,6 +13,7 @@ from model_interface.client import InProcess, ModelClient
 from model_interface.metadata import ModelMetadata
 from model_interface.signatures import SamplingSettings
 from training.export import ExportError, export_version, main
+from training.graph import BF16_BLOCKS_MAX_BATCH
 
 # bf16 keeps 8 significant bits: each weight moves by up to 2^-9 of itself, and the generation loop rounds
 # the activations it multiplies and each gate's pre-activation to bf16 as well. On the tiny model the
@@ -49,12 +50,14 @@ def test_the_version_records_bf16_and_stores_bf16_weights(bf16_client, bf16_vers
     assert json.loads(info[0].numpy())["precision"] == "bf16"  # the graph's own copy, what TF Serving answers
     assert ModelMetadata.read(exported_model[1]).precision == "fp32"
     loaded = bf16_client.transport.loaded
-    stored = tf.nest.flatten([loaded.embedding, loaded.head_kernel, list(loaded.kernels)])
+    stored = tf.nest.flatten([loaded.embedding, loaded.head_kernel, list(loaded.kernels), list(loaded.wide_kernels)])
     assert {v.dtype for v in stored} == {tf.bfloat16}
-    assert {v.dtype for v in tf.nest.flatten(list(loaded.biases))} == {tf.bfloat16}  # added inside the products
+    biases = tf.nest.flatten([list(loaded.biases), list(loaded.wide_biases)])
+    assert {v.dtype for v in biases} == {tf.bfloat16}  # added inside the products
     assert loaded.head_bias.dtype == tf.float32  # the head runs in float32
     weights = lambda version: sum(p.stat().st_size for p in (version / "variables").glob("variables.data-*"))
-    assert weights(bf16_version) < 0.5 * weights(exported_model[1])  # fp32 also keeps half-layer copies
+    # Each keeps its kernels twice (fp32: whole and in halves; bf16: in blocks and whole), bf16 in half the bytes.
+    assert weights(bf16_version) < 0.52 * weights(exported_model[1])
 
 
 def signature_defs(version: Path) -> dict:
@@ -88,8 +91,10 @@ def test_seeded_text_repeats_and_does_not_depend_on_batch_mates(bf16_client):
     assert mates["text"][1] == alone[0] and [len(t) for t in mates["text"]] == [30, 150, 5, 150]
     wide = generate(bf16_client, ["a", "b", "c", "d", "e", "First Citizen:\n", "f"], 150,
                     seed=[3, 4, 5, 6, 7, 1234, 8], temperature=0.8)
-    other_mates = generate(bf16_client, ["First Citizen:\n", "zz", "ROMEO:"] * 3, 150,
-                           seed=[1234, 9, 10] * 3, temperature=[0.8, 1.5, 0.3] * 3)
+    # Past BF16_BLOCKS_MAX_BATCH rows the products take the whole kernels instead of their blocks.
+    rows = BF16_BLOCKS_MAX_BATCH + 1
+    other_mates = generate(bf16_client, (["First Citizen:\n", "zz", "ROMEO:"] * rows)[:rows], 150,
+                           seed=([1234, 9, 10] * rows)[:rows], temperature=([0.8, 1.5, 0.3] * rows)[:rows])
     assert wide["text"][5] == alone[0] and other_mates["text"][0] == alone[0]
     # Not just the text: its log-probabilities too, to float32 rounding (float32 kernels may differ by batch
     # size in the last bit; a bf16 product that did would move them by ~1e-3).
@@ -197,7 +202,7 @@ def test_every_cell_type_exports_in_bf16(cell, block_units, monkeypatch):
     scored = module.score(tf.constant([text[1:]]), primed)
     assert float(scored["bits_per_char"][0]) * math.log(2) == pytest.approx(keras_loss, abs=1e-2)
     texts, log_probs = [], []
-    for batch in (1, 6):
+    for batch in (1, 6, BF16_BLOCKS_MAX_BATCH + 1):  # blocks alone and batched, then the whole kernels
         texts.append(module.generate(**generate_inputs(["ab"] * batch, fresh_states(batch), [20] * batch,
                                                        [SamplingSettings(seed=5)] * batch))["text"].numpy()[0])
         out = module.generate(**generate_inputs([text[:-1]] * batch, fresh_states(batch), [1] * batch,
@@ -209,8 +214,9 @@ def test_every_cell_type_exports_in_bf16(cell, block_units, monkeypatch):
         assert keras_log_probs[chosen] >= keras_log_probs.max() - 2e-2  # greedy, to bf16's precision
         log_probs.append(module.generate(**generate_inputs(["ab"] * batch, fresh_states(batch), [20] * batch,
                                                            [SamplingSettings(seed=5)] * batch))["log_probs"][0])
-    assert texts[0] == texts[1]  # a row alone and in a batch: the same text, and the same numbers
+    assert texts[0] == texts[1] == texts[2]  # a row alone and in a batch: the same text, and the same numbers
     np.testing.assert_allclose(log_probs[0], log_probs[1], atol=1e-6)
+    np.testing.assert_allclose(log_probs[0], log_probs[2], atol=1e-6)
 
 
 def test_the_gateway_serves_a_bf16_version_and_its_card_says_so(bf16_version, bf16_client):

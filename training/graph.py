@@ -33,6 +33,11 @@ FUSED_CELL_MAX_BATCH = 4  # up to this many rows, two LSTMBlockCell ops per laye
 # side by side on the cores (whole, one product runs oneDNN's bf16 kernel on two threads, which scaled badly
 # in the measurements for one stream).
 BF16_BLOCK_UNITS = 512
+# Past this many rows a bf16 LSTM multiplies each layer's whole kernel, stored a second time (in, 4 * units):
+# measured on AMD EPYC (AVX512-BF16), the whole product is 1.1-1.4x as fast as the blocks from 6 rows up and
+# 0.4-0.7x at 1-3 (about even at 4). Both layouts give the same bf16 sums bit for bit, so a row's text does not
+# depend on the path (the tests check a row alone and in batches on either side).
+BF16_BLOCKS_MAX_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,12 @@ class CharLMGraph(tf.Module):
                 gates = 4 if shape.cell == "lstm" else 1
                 self.kernels.append(stored(n_in + hidden, gates * hidden, "fused_kernel"))
                 self.biases.append(stored_bias(gates * hidden, "bias"))
-        self.half_kernels = None
+        self.half_kernels = self.wide_kernels = None
+        if shape.cell == "lstm" and self.bf16:
+            # Batches past BF16_BLOCKS_MAX_BATCH: each layer's kernel and bias whole, [x; h] (in, 4 * hidden).
+            self.wide_kernels = [tf.Variable(tf.zeros([k[0].shape[1], 4 * hidden], tf.bfloat16), name="wide_kernel")
+                                 for k in self.kernels]
+            self.wide_biases = [tf.Variable(tf.zeros([4 * hidden], tf.bfloat16), name="wide_bias") for _ in self.kernels]
         if shape.cell == "lstm" and not self.bf16:  # LSTMBlockCell has no bf16 kernel
             # A single stream runs each layer as two LSTMBlockCell ops over half the units each (step_halves).
             self.half_kernels = [[tf.Variable(zeros(k.shape[0], 2 * hidden), name="half_kernel") for _ in (0, 1)]
@@ -137,6 +147,9 @@ class CharLMGraph(tf.Module):
             else:
                 store(self.kernels[i], np.concatenate([kernel, recurrent]))
             store(self.biases[i], bias)
+            if self.wide_kernels is not None:
+                store(self.wide_kernels[i], np.concatenate([kernel, recurrent]))
+                store(self.wide_biases[i], bias)
             if self.half_kernels is not None:
                 for own in (0, 1):
                     half_kernel, half_bias = half_cell_weights(self.kernels[i].numpy(), bias, self.hidden, own)
@@ -164,13 +177,16 @@ class CharLMGraph(tf.Module):
             return tf.Variable(tf.zeros([n_out]), name=name)
         return [tf.Variable(tf.zeros([u.stop - u.start], tf.bfloat16), name=name) for u in self.block_units(n_out)]
 
-    def layer_weights(self):
+    def layer_weights(self, wide: bool = False):
         """What step() reads: the embedding table, then per layer (kernel, bias), GRU (kernel, bias, recurrent
         kernel, its bias); each read from its variable here, so a caller that loops reads them once per call,
-        not once per character (a read is an op of its own in every iteration)."""
+        not once per character (a read is an op of its own in every iteration). wide: a bf16 LSTM's whole
+        kernels instead of their blocks."""
         read = lambda w: [tf.convert_to_tensor(b) for b in w] if isinstance(w, list) else tf.convert_to_tensor(w)
         if self.cell == "gru":
             layers = [(k, b[0], r, b[1]) for k, r, b in zip(self.kernels, self.recurrent_kernels, self.biases)]
+        elif wide:
+            layers = list(zip(self.wide_kernels, self.wide_biases))
         else:
             layers = list(zip(self.kernels, self.biases))
         return read(self.embedding), [tuple(read(w) for w in layer) for layer in layers]
@@ -196,6 +212,8 @@ class CharLMGraph(tf.Module):
             z = tf.matmul(x, kernel) + bias
             return tf.split(z, gates, axis=1) if gates > 1 else [z]
         x = self.operand(x)
+        if not isinstance(kernel, list):  # a wide kernel (in, out) and its bias: one product
+            return tf.split(tf.cast(tf.nn.bias_add(tf.matmul(x, kernel), bias), tf.float32), gates, axis=1)
         if isinstance(bias, list):  # each (batch, units); independent, so run side by side
             blocks = [tf.nn.bias_add(tf.matmul(x, k, transpose_b=True), b) for k, b in zip(kernel, bias)]
         else:
@@ -425,14 +443,15 @@ class CharLMGraph(tf.Module):
         args = (ids, lengths, parts, position, num_chars, temperature, top_k, top_p, min_p, seed)
         # Choose the loop once per call, not per character: conds inside the loop cost every step.
         processed = sampler.processing(top_k, top_p, min_p, logprobs)
-        if self.half_kernels is None:  # bf16 (no LSTMBlockCell), GRU, RNN: one loop for every batch size
-            branch, fused_cell = tf.cast(processed, tf.int32), (False,)
+        # An LSTM has a layout for few rows (fp32: LSTMBlockCell halves; bf16: kernel blocks) and one for more.
+        if self.half_kernels is None and self.wide_kernels is None:  # GRU, RNN: one loop for every batch size
+            branch, few_rows = tf.cast(processed, tf.int32), (False,)
         else:
-            small = tf.shape(prompt)[0] <= FUSED_CELL_MAX_BATCH
-            branch, fused_cell = tf.cast(small, tf.int32) * 2 + tf.cast(processed, tf.int32), (False, True)
+            small = tf.shape(prompt)[0] <= (BF16_BLOCKS_MAX_BATCH if self.bf16 else FUSED_CELL_MAX_BATCH)
+            branch, few_rows = tf.cast(small, tf.int32) * 2 + tf.cast(processed, tf.int32), (False, True)
         generated, chosen, top_ids, top_log_probs, parts, position = tf.switch_case(
-            branch, [lambda fused=fused, proc=proc: self.prime_and_sample(*args, fused_cell=fused, processed=proc)
-                     for fused in fused_cell for proc in (False, True)])
+            branch, [lambda few=few, proc=proc: self.prime_and_sample(*args, few_rows=few, processed=proc)
+                     for few in few_rows for proc in (False, True)])
         chars = tf.gather(self.chars, tf.maximum(generated, 0))
         text = tf.strings.reduce_join(tf.where(generated >= 0, chars, ""), axis=1)
         # Each row's alternatives beyond its own `logprobs` are blanked (-1, 0), so no row's reply depends
@@ -444,9 +463,10 @@ class CharLMGraph(tf.Module):
                 "top_log_probs": tf.where(wanted, top_log_probs, 0.0)[:, :longest]}
 
     def prime_and_sample(self, ids, lengths, parts, position, num_chars, temperature, top_k, top_p, min_p, seed,
-                         fused_cell, processed):
-        halves = fused_cell and self.half_kernels is not None
-        weights = self.half_weights() if halves else self.layer_weights()
+                         few_rows, processed):
+        halves = few_rows and self.half_kernels is not None
+        wide = not few_rows and self.wide_kernels is not None
+        weights = self.half_weights() if halves else self.layer_weights(wide)
         step = (lambda ids, carried: self.step_halves(ids, carried, weights)) if halves else (
             lambda ids, carried: self.step(ids, carried, weights)[0])
         if halves:
