@@ -193,7 +193,7 @@ def test_every_cell_type_exports_in_bf16(cell, block_units, monkeypatch):
     module = CharLMGraph(ModelShape.of(model), vocab.chars, precision="bf16")
     module.assign_weights(model)
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]  # 12 units a gate: 3 blocks of 4 each, or one
-    assert len(module.kernels[0]) == gates * (3 if block_units == 5 else 1)
+    assert len(module.block_units(module.kernels[0].shape[0])) == gates * (3 if block_units == 5 else 1)
     text = "abc defg\nhab cd"
     ids = vocab.encode(text)
     logits, _ = model(tf.constant(ids[None, :-1]), model.zero_state(1))

@@ -76,15 +76,15 @@ class CharLMGraph(tf.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.shape, self.precision = shape, precision
-        # bf16: a kernel is a list of blocks of output units (at most BF16_BLOCK_UNITS, none straddling two
-        # gates), each stored (units, in) and multiplied as x @ block^T: oneDNN reads each output unit's weights
-        # in one run (batch 64 measured 1.10x as fast as with (in, units) blocks, one stream the same; Intel
-        # Xeon with AMX). Its sums are rounded to bf16 once, so a row's result must not depend on the batch size
-        # (one row alone, or in a batch of 64): the tests check that a row's text and log-probabilities are the
-        # same alone and batched. An LSTM's or RNN's bias is bf16 too,
-        # in the same blocks, added inside the product (grappler fuses MatMul + BiasAdd into one oneDNN op; one
-        # stream's generate measured 1.36x the plain product with a float32 bias added after, AMD EPYC); a GRU's
-        # stays float32, added after.
+        # bf16: a kernel is stored (out, in), one variable, and multiplied in blocks of output units (at most
+        # BF16_BLOCK_UNITS, none straddling two gates), each a run of its rows, as x @ block^T: oneDNN reads each
+        # output unit's weights in one run (batch 64 measured 1.10x as fast as with (in, units) blocks, one stream
+        # the same; Intel Xeon with AMX). Its sums are rounded to bf16 once, so a row's result must not depend on
+        # the batch size (one row alone, or in a batch of 64): the tests check that a row's text and
+        # log-probabilities are the same alone and batched. An LSTM's or RNN's bias is bf16 too, in the same
+        # blocks, added inside the product (grappler fuses MatMul + BiasAdd into one oneDNN op; one stream's
+        # generate measured 1.36x the plain product with a float32 bias added after, AMD EPYC); a GRU's stays
+        # float32, added after.
         self.bf16 = precision == "bf16"
         self.weight_dtype = tf.bfloat16 if self.bf16 else tf.float32
         self.cell, self.hidden, self.layers, self.per_layer = shape.cell, shape.hidden_size, shape.num_layers, shape.per_layer
@@ -115,7 +115,7 @@ class CharLMGraph(tf.Module):
         self.half_kernels = self.wide_kernels = None
         if shape.cell == "lstm" and self.bf16:
             # Batches past BF16_BLOCKS_MAX_BATCH: each layer's kernel and bias whole, [x; h] (in, 4 * hidden).
-            self.wide_kernels = [tf.Variable(tf.zeros([k[0].shape[1], 4 * hidden], tf.bfloat16), name="wide_kernel")
+            self.wide_kernels = [tf.Variable(tf.zeros([k.shape[1], 4 * hidden], tf.bfloat16), name="wide_kernel")
                                  for k in self.kernels]
             self.wide_biases = [tf.Variable(tf.zeros([4 * hidden], tf.bfloat16), name="wide_bias") for _ in self.kernels]
         if shape.cell == "lstm" and not self.bf16:  # LSTMBlockCell has no bf16 kernel
@@ -129,12 +129,9 @@ class CharLMGraph(tf.Module):
 
     def assign_weights(self, model) -> None:
         """Copy a CharRNN's weights in, in the layouts the graph's ops want (rounded to bf16 for a bf16 graph)."""
-        def store(weight, value):
-            if not isinstance(weight, list):
-                return weight.assign(tf.cast(value, weight.dtype))
-            for block, units in zip(weight, self.block_units(value.shape[-1])):  # blocks of output units
-                part = value[..., units].T  # a kernel's block is stored (units, in); a bias's (units,)
-                block.assign(tf.cast(part, tf.bfloat16))  # float32 -> bfloat16 rounds to nearest even
+        def store(weight, value, by_output_unit=False):
+            # bf16 kernels multiplied in blocks are stored (out, in): a block is a run of rows
+            weight.assign(tf.cast(value.T if by_output_unit else value, weight.dtype))  # bf16: to nearest even
 
         store(self.embedding, model.embedding.embeddings.numpy())
         for i, layer in enumerate(model.recurrent):
@@ -142,10 +139,10 @@ class CharLMGraph(tf.Module):
             if self.cell == "lstm":
                 kernel, recurrent, bias = map(block_cell_gate_order, (kernel, recurrent, bias))
             if self.cell == "gru":
-                store(self.kernels[i], kernel)
-                store(self.recurrent_kernels[i], recurrent)
+                store(self.kernels[i], kernel, self.bf16)
+                store(self.recurrent_kernels[i], recurrent, self.bf16)
             else:
-                store(self.kernels[i], np.concatenate([kernel, recurrent]))
+                store(self.kernels[i], np.concatenate([kernel, recurrent]), self.bf16)
             store(self.biases[i], bias)
             if self.wide_kernels is not None:
                 store(self.wide_kernels[i], np.concatenate([kernel, recurrent]))
@@ -168,28 +165,29 @@ class CharLMGraph(tf.Module):
         return [slice(g * per_gate + a, g * per_gate + b) for g in range(gates) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def new_kernel(self, n_in: int, n_out: int, name: str):
+        """fp32 (in, out); bf16 (out, in), one variable that the loop splits into its blocks of rows (a split
+        along the first axis shares the buffer): a loop carries every tensor it reads as a loop variable, and
+        each costs three control-flow ops per character, so one per kernel instead of one per block."""
         if not self.bf16:
             return tf.Variable(tf.zeros([n_in, n_out]), name=name)
-        return [tf.Variable(tf.zeros([u.stop - u.start, n_in], tf.bfloat16), name=name) for u in self.block_units(n_out)]
+        return tf.Variable(tf.zeros([n_out, n_in], tf.bfloat16), name=name)
 
     def new_bias(self, n_out: int, name: str):
-        if not self.bf16:
-            return tf.Variable(tf.zeros([n_out]), name=name)
-        return [tf.Variable(tf.zeros([u.stop - u.start], tf.bfloat16), name=name) for u in self.block_units(n_out)]
+        return tf.Variable(tf.zeros([n_out], self.weight_dtype), name=name)
 
     def layer_weights(self, wide: bool = False):
         """What step() reads: the embedding table, then per layer (kernel, bias), GRU (kernel, bias, recurrent
         kernel, its bias); each read from its variable here, so a caller that loops reads them once per call,
         not once per character (a read is an op of its own in every iteration). wide: a bf16 LSTM's whole
         kernels instead of their blocks."""
-        read = lambda w: [tf.convert_to_tensor(b) for b in w] if isinstance(w, list) else tf.convert_to_tensor(w)
+        read = tf.convert_to_tensor
         if self.cell == "gru":
             layers = [(k, b[0], r, b[1]) for k, r, b in zip(self.kernels, self.recurrent_kernels, self.biases)]
         elif wide:
             layers = list(zip(self.wide_kernels, self.wide_biases))
         else:
             layers = list(zip(self.kernels, self.biases))
-        return read(self.embedding), [tuple(read(w) for w in layer) for layer in layers]
+        return read(self.embedding), [tuple(read(w) for w in layer) for layer in layers], wide
 
     def half_weights(self):
         """step_halves' weights, read once per call as layer_weights' are: the embedding table, then per layer
@@ -202,37 +200,39 @@ class CharLMGraph(tf.Module):
         """A matmul operand in the weights' dtype (bf16 rounds the float32 activations; fp32: unchanged)."""
         return tf.cast(x, self.weight_dtype)
 
-    def gate_products(self, x, kernel, bias, gates: int) -> list:
+    def gate_products(self, x, kernel, bias, gates: int, wide: bool = False) -> list:
         """x (batch, in) @ kernel + bias -> float32 (batch, out), as its `gates` equal parts (batch, out / gates).
 
-        bf16: bf16 operands, fp32 accumulation inside oneDNN; a bf16 bias (a list of blocks) is added there
-        too, each sum rounded once to bf16 and widened to float32, where the gate arithmetic runs (a float32
-        bias is added after the widening)."""
+        bf16: bf16 operands, fp32 accumulation inside oneDNN; a bf16 bias is added there too, each sum rounded
+        once to bf16 and widened to float32, where the gate arithmetic runs (a GRU's float32 bias is added after
+        the widening). The kernel (out, in) is multiplied in its blocks of output units (block_units), or, wide,
+        a whole kernel (in, out) in one product."""
         if not self.bf16:
             z = tf.matmul(x, kernel) + bias
             return tf.split(z, gates, axis=1) if gates > 1 else [z]
         x = self.operand(x)
-        if not isinstance(kernel, list):  # a wide kernel (in, out) and its bias: one product
+        if wide:
             return tf.split(tf.cast(tf.nn.bias_add(tf.matmul(x, kernel), bias), tf.float32), gates, axis=1)
-        if isinstance(bias, list):  # each (batch, units); independent, so run side by side
-            blocks = [tf.nn.bias_add(tf.matmul(x, k, transpose_b=True), b) for k, b in zip(kernel, bias)]
+        sizes = [u.stop - u.start for u in self.block_units(kernel.shape[0])]
+        split = lambda w: tf.split(w, sizes, axis=0) if len(sizes) > 1 else [w]
+        if bias.dtype == tf.bfloat16:  # each (batch, units); independent, so run side by side
+            blocks = [tf.nn.bias_add(tf.matmul(x, k, transpose_b=True), b) for k, b in zip(split(kernel), split(bias))]
         else:
-            blocks = [tf.matmul(x, k, transpose_b=True) for k in kernel]
+            blocks = [tf.matmul(x, k, transpose_b=True) for k in split(kernel)]
         per_gate = len(blocks) // gates  # block_units: no block straddles two gates
         parts = [tf.cast(tf.concat(blocks[g * per_gate:(g + 1) * per_gate], 1) if per_gate > 1 else blocks[g * per_gate],
                          tf.float32) for g in range(gates)]
-        if isinstance(bias, list):
+        if bias.dtype == tf.bfloat16:
             return parts
         return [p + b for p, b in zip(parts, tf.split(bias, gates))]
 
-    def float_weights(self, variable):
+    def float_weights(self, variable, by_output_unit: bool = False):
         """A stored weight as float32 in the fp32 layout, for the ops that only take float32 (BlockLSTM)
-        and for the head; once per call, outside any per-character loop. fp32: the variable itself."""
+        and for the head; once per call, outside any per-character loop. fp32: the variable itself.
+        by_output_unit: a bf16 kernel stored (out, in)."""
         if not self.bf16:
             return variable
-        if isinstance(variable, list) and variable[0].shape.rank == 2:  # a kernel's blocks, each (units, in)
-            return tf.transpose(tf.cast(tf.concat(variable, 0), tf.float32))
-        return tf.cast(tf.concat(variable, -1) if isinstance(variable, list) else variable, tf.float32)
+        return tf.transpose(tf.cast(variable, tf.float32)) if by_output_unit else tf.cast(variable, tf.float32)
 
     # --- the recurrence, one character at a time -------------------------------------------------
     def unpack(self, state):
@@ -254,14 +254,14 @@ class CharLMGraph(tf.Module):
     def step(self, ids, parts, weights=None):
         """Consume ids (batch,) -> new per-layer states, and gates (batch, layers, 4*hidden) for LSTM.
         weights: layer_weights(), read once per call by a caller that loops."""
-        table, weights = self.layer_weights() if weights is None else weights
+        table, weights, wide = self.layer_weights() if weights is None else weights
         x = tf.gather(table, ids)  # (batch, embedding), in the weights' dtype
         new_parts, gates = [], []
         for i in range(self.layers):
             if self.cell == "lstm":
                 h, c = parts[2 * i], parts[2 * i + 1]
                 xh = tf.concat([self.operand(x), self.operand(h)], 1)
-                zi, zg, zf, zo = self.gate_products(xh, *weights[i], gates=4)  # i, c, f, o; each (batch, hidden)
+                zi, zg, zf, zo = self.gate_products(xh, *weights[i], gates=4, wide=wide)  # i, c, f, o; each (batch, hidden)
                 gi, gf, gg, go = tf.sigmoid(zi), tf.sigmoid(zf), tf.tanh(zg), tf.sigmoid(zo)
                 c = gf * c + gi * gg
                 x = go * tf.tanh(c)
@@ -374,7 +374,7 @@ class CharLMGraph(tf.Module):
         values instead of 140 MB."""
         batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
         table = self.float_weights(self.embedding)
-        weights = [(self.float_weights(k), self.float_weights(b)) for k, b in zip(self.kernels, self.biases)]
+        weights = [(self.float_weights(k, by_output_unit=True), self.float_weights(b)) for k, b in zip(self.kernels, self.biases)]
         head_kernel = self.head_weights() if log_probs else None
         no_peephole = tf.zeros([self.hidden])
         pieces = (steps + SEQUENCE_PIECE - 1) // SEQUENCE_PIECE

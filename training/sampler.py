@@ -86,6 +86,13 @@ def step_numbers(numbers, temperature):
     return tf.where(temperature[None, :] > 0, numbers, 0.0)[..., None]
 
 
+def first_at_least(ascending, values):
+    """Per row, how many of `ascending` (batch, n) are below each of `values` (batch, k): the index of the first
+    at least as large. tf.searchsorted is this op wrapped in reshapes for any rank, a handful of ops more per
+    character; these are 2-D already."""
+    return tf.raw_ops.LowerBound(sorted_inputs=ascending, values=values)
+
+
 def kept(weights, cumulative, scaled_gap, settings: Settings):
     """How many of the ranked characters the filters leave, (batch, 1): the top k, then of those the likeliest
     whose mass reaches p, then those at least min_p times as likely as the likeliest. Each filter keeps a
@@ -98,8 +105,8 @@ def kept(weights, cumulative, scaled_gap, settings: Settings):
     # character of the set, as past it the mass before a character is the whole set's: top-k needs no test of
     # its own. A weight too small to move the running sum is dropped, and could never be drawn anyway.
     before = tf.cumsum(weights, axis=1, exclusive=True)  # the same running sums one place later: ascending
-    nucleus = tf.searchsorted(before, settings.top_p * top_k_mass)  # how many have less mass before them
-    near = tf.searchsorted(-scaled_gap, settings.neg_log_min_p, side="right")  # how many have p / p_max >= min_p
+    nucleus = first_at_least(before, settings.top_p * top_k_mass)  # how many have less mass before them
+    near = tf.raw_ops.UpperBound(sorted_inputs=-scaled_gap, values=settings.neg_log_min_p)  # p / p_max >= min_p
     return tf.minimum(nucleus, near)
 
 
@@ -117,7 +124,8 @@ def next_chars(logits, settings: Settings, u, processed: bool, alternatives: int
     vocabulary order): the filters keep a prefix of the ranking, the draw walks it, the alternatives are its
     head. A per-character op costs about a microsecond whatever its size, so this chain is kept short: one
     ranking, and binary searches instead of masks and counts."""
-    ranked, order = tf.math.top_k(logits, k=tf.shape(logits)[1])  # (batch, vocab) each
+    vocab_size = logits.shape[1] or tf.shape(logits)[1]  # static in the exported graph: no op per character
+    ranked, order = tf.math.top_k(logits, k=vocab_size)  # (batch, vocab) each
     scaled_gap = (ranked - ranked[:, :1]) / settings.divisor  # (batch, vocab), <= 0: the best is 0
     weights = tf.exp(scaled_gap)  # unnormalised probabilities after temperature, ranked
     cumulative = tf.cumsum(weights, axis=1)
@@ -127,7 +135,7 @@ def next_chars(logits, settings: Settings, u, processed: bool, alternatives: int
         mass = cumulative[:, -1:]  # (batch, 1)
     # Inverse CDF along the ranking: the first character whose running mass reaches u of the kept mass, at
     # most the last kept one (its running sum is that mass, and u < 1).
-    rank = tf.searchsorted(cumulative, u * mass)[:, 0]  # (batch,)
+    rank = first_at_least(cumulative, u * mass)[:, 0]  # (batch,)
     raw = tf.nn.log_softmax(ranked)  # the model's own distribution, ranked: what log-probabilities report
     ids = tf.gather(order, rank, batch_dims=1)
     chosen = tf.gather(raw, rank, batch_dims=1)
