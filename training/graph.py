@@ -34,7 +34,7 @@ FUSED_CELL_MAX_BATCH = 4  # up to this many rows, two LSTMBlockCell ops per laye
 # in the measurements for one stream).
 BF16_BLOCK_UNITS = 512
 # Past this many rows a bf16 LSTM multiplies each layer's whole kernel, stored a second time (in, 4 * units):
-# measured on AMD EPYC (AVX512-BF16), the whole product is 1.1-1.4x as fast as the blocks from 6 rows up and
+# measured on AMD EPYC (AVX512-BF16), the whole product is 1.0-1.4x as fast as the blocks from 6 rows up and
 # 0.4-0.7x at 1-3 (about even at 4). Both layouts give the same bf16 sums bit for bit, so a row's text does not
 # depend on the path (the tests check a row alone and in batches on either side).
 BF16_BLOCKS_MAX_BATCH = 4
