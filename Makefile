@@ -39,7 +39,7 @@ tf = $(if $(findstring s,$(firstword -$(MAKEFLAGS))),,printf '%s\n' $(call quote
 	status=$$?; wait $$!; exit $$status,$(1))
 quote = '$(subst ','\'',$(1))'
 
-.PHONY: setup browser train export sample sweep test bench bench-train bench-generate bench-serve soak serve report corpus-linux corpus-warandpeace clean k8s-tools images deploy undeploy
+.PHONY: setup browser train export sample sweep test bench bench-matmul bench-train bench-generate bench-serve soak serve report corpus-linux corpus-warandpeace clean k8s-tools images deploy undeploy
 
 setup: $(VENV)/.installed
 
@@ -96,7 +96,10 @@ browser:
 		"make test CHROMIUM=path CHROMEDRIVER=path" >&2; \
 	exit 1
 
-bench: bench-train bench-generate bench-serve
+bench: bench-matmul bench-train bench-generate bench-serve
+
+bench-matmul: setup
+	@$(call tf,$(PY) -m benchmarks.bench_matmul)
 
 bench-train: setup
 	@$(call tf,$(PY) -m benchmarks.bench_train)

@@ -7,6 +7,7 @@
 - `metadata`: `ModelMetadata`, a version's `assets.extra/charlm.json`, read one way everywhere.
 - `client`: `ModelClient` with two transports, in-process SavedModel and TF Serving gRPC.
 - `errors`: the typed failures all of these raise; callers map them (the gateway to HTTP statuses).
+- `cpu`: this CPU as /proc/cpuinfo describes it: its bfloat16 units, where a bf16 version is fast.
 
 It imports nothing of training/, serving/, analysis/, tests/ or benchmarks/, and they all import it
 (docs/architecture.md). TensorFlow is imported only where a call needs it, so a wrong path fails fast.

@@ -12,6 +12,7 @@ import numpy as np
 
 from model_interface import signatures as sig
 from model_interface.client import InProcess, ModelClient
+from model_interface.cpu import BF16_CPU_FLAGS, cpu_bf16_flags
 from model_interface.errors import ModelUnavailable, VersionNotFound
 from model_interface.versions import complete_versions
 from serving.backend import Backend, ServedModel
@@ -71,6 +72,11 @@ class LocalBackend(Backend):
                     del self._clients[old]
                 self._model = model
             log.info("serving %s version %d from %s", self.name, version, self.model_dir)
+            if model.metadata.precision == "bf16" and not cpu_bf16_flags():
+                log.warning("%s version %d is bf16, and this CPU has no bfloat16 units (none of %s in /proc/cpuinfo): "
+                            "oneDNN emulates its bf16 products here, so it generates slower than an fp32 export of "
+                            "the same run would; serve it on a CPU with AVX512-BF16 or AMX, or export fp32 for "
+                            "this one", self.name, version, ", ".join(BF16_CPU_FLAGS))
             return
         if self._model is None:
             raise ModelUnavailable(f"no loadable model version in {self.model_dir}")

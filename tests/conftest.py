@@ -65,6 +65,15 @@ def exported_model(trained_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def bf16_version(trained_run, tmp_path_factory):
+    """The session's tiny run exported a second time, in bf16: its version directory."""
+    from training.export import export_version
+
+    config, _ = trained_run
+    return export_version(Path(config.run_dir), tmp_path_factory.mktemp("bf16_models"), "charlm", precision="bf16")
+
+
+@pytest.fixture(scope="session")
 def model_client(exported_model):
     """The session's exported version through the model interface's in-process transport."""
     from model_interface.client import InProcess, ModelClient

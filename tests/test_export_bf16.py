@@ -24,13 +24,6 @@ BPC_GAP = 0.01  # the issue's figure: bf16 costs at most 0.01 bits/char on held-
 
 
 @pytest.fixture(scope="module")
-def bf16_version(trained_run, tmp_path_factory):
-    """The session's tiny run exported a second time, in bf16."""
-    config, _ = trained_run
-    return export_version(Path(config.run_dir), tmp_path_factory.mktemp("bf16_models"), "charlm", precision="bf16")
-
-
-@pytest.fixture(scope="module")
 def bf16_client(bf16_version):
     return ModelClient(InProcess(bf16_version))
 

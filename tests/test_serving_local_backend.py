@@ -90,6 +90,26 @@ def test_newer_versions_are_served_without_a_restart(model_dir, exported_model):
         backend.call("metadata", 1, metadata_inputs())
 
 
+@pytest.mark.parametrize("bf16_units", [[], ["avx512_bf16"]])
+def test_a_bf16_version_on_a_cpu_without_bf16_units_is_served_with_a_warning(bf16_units, bf16_version, tmp_path,
+                                                                               monkeypatch, caplog):
+    import serving.local_backend
+
+    monkeypatch.setattr(serving.local_backend, "cpu_bf16_flags", lambda: bf16_units)
+    model_dir = tmp_path / "charlm"
+    model_dir.mkdir()
+    add_version(model_dir, bf16_version, 7)
+    backend = LocalBackend(Settings(model_dir=model_dir))
+    with caplog.at_level("WARNING", logger="serving.local_backend"):
+        backend.refresh()
+    assert backend.model().version == 7 and backend.model().metadata.precision == "bf16"  # served either way
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if bf16_units:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and "version 7 is bf16" in warned[0] and "no bfloat16 units" in warned[0]
+
+
 def test_batches_run_padded_to_a_power_of_two_and_each_row_is_its_own(model_dir):
     """Fewer shapes for TensorFlow to keep memory for; the padding rows never show, and never change a row."""
     from model_interface import signatures as sig

@@ -7,22 +7,10 @@ so training falls back to fp32 and says why.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from model_interface.cpu import BF16_CPU_FLAGS, cpu_bf16_flags
 
 PRECISIONS = ("fp32", "bf16")
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}  # --precision -> Keras dtype policy of the layers
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names of the bfloat16 instructions
-CPUINFO = Path("/proc/cpuinfo")
-
-
-def cpu_bf16_flags() -> list[str]:
-    """The CPU's bfloat16 instruction flags as /proc/cpuinfo lists them ([] where it has none, or where there
-    is no /proc/cpuinfo to tell: bf16 is then not known to be fast)."""
-    try:
-        flags = next(line for line in CPUINFO.read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return [flag for flag in BF16_CPU_FLAGS if flag in flags.split()]
 
 
 def effective_precision(precision: str) -> tuple[str, str | None]:
