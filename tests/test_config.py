@@ -17,6 +17,23 @@ def test_presets_resolve_and_flags_override():
     assert set(PRESETS) == {"tiny", "small", "medium", "large"}
 
 
+def test_the_fp32_fallback_of_a_preset_leaves_flags_alone():
+    fallback = parse("--preset", "small").fp32_fallback
+    assert "epochs" in fallback and fallback["epochs"] < parse("--preset", "small").epochs
+    assert "epochs" not in parse("--preset", "small", "--epochs", "4").fp32_fallback  # the user's epochs stand
+    assert parse("--preset", "small", "--precision", "fp32").fp32_fallback == {}  # nothing to fall back from
+    assert parse("--preset", "medium", "--precision", "bf16").fp32_fallback == {}
+
+
+@pytest.mark.parametrize("fallback, flag", [({"epochs": 0}, "--epochs"), ({"dropout": 1.5}, "--dropout"),
+                                            ({"colour": "red"}, "--fp32-fallback"),
+                                            ({"precision": "bf16"}, "--fp32-fallback")])
+def test_a_bad_fp32_fallback_is_refused_before_training(fallback, flag):
+    with pytest.raises(ConfigError) as error:
+        TrainConfig(precision="bf16", fp32_fallback=fallback).validate()
+    assert error.value.flag == flag
+
+
 def test_config_round_trips_through_json(tmp_path):
     config = parse("--preset", "tiny", "--dropout", "0.3")
     config.save(tmp_path / "config.json")

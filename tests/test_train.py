@@ -149,16 +149,43 @@ def test_bf16_run_learns(tiny_config, tmp_path, bf16_units):
 
 
 def test_bf16_without_bf16_units_says_so_and_trains_in_fp32(tiny_config, tmp_path, monkeypatch, capsys):
+    from training import config as config_lib
     from training import precision
 
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])
+    # as the small preset does: fp32 gets its own settings for the same time
+    monkeypatch.setitem(config_lib.PRESETS, "tiny", {**config_lib.PRESETS["tiny"],
+                                                     "fp32_fallback": {"hidden_size": 16, "epochs": 1}})
     run_dir = tmp_path / "run"
     code = main(["--corpus", tiny_config.corpus, "--preset", "tiny", "--run-dir", str(run_dir), "--precision", "bf16",
                  "--stop-after-steps", "3", "--verbose", "0"])
     assert code == 0
     err = capsys.readouterr().err
     assert "--precision bf16: this CPU has no bfloat16 units" in err and "training in fp32 instead" in err
-    assert json.loads((run_dir / "config.json").read_text())["precision"] == "fp32"  # what the run trains in
+    assert "--hidden-size 16 --epochs 1" in err
+    saved = json.loads((run_dir / "config.json").read_text())  # what the run trains in
+    assert (saved["precision"], saved["hidden_size"], saved["epochs"], saved["fp32_fallback"]) == ("fp32", 16, 1, {})
+    weights, _ = read_backup(run_dir / BACKUP)
+    assert weights["state_000"].shape[-1] == 16  # the state carried is the fallback's shape's
+
+
+def test_a_bf16_run_resumed_without_bf16_units_keeps_its_shape(tiny_config, tmp_path, monkeypatch, capsys):
+    from training import config as config_lib
+    from training import precision
+
+    monkeypatch.setitem(config_lib.PRESETS, "tiny", {**config_lib.PRESETS["tiny"],
+                                                     "fp32_fallback": {"hidden_size": 16}})
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    run_dir = tmp_path / "run"
+    argv = ["--corpus", tiny_config.corpus, "--preset", "tiny", "--run-dir", str(run_dir), "--precision", "bf16",
+            "--stop-after-steps", "2", "--verbose", "0"]
+    assert main(argv) == 0
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])  # the run moved to a CPU without bf16 units
+    assert main(["--run-dir", str(run_dir), "--resume", "--stop-after-steps", "2", "--verbose", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "training in fp32 instead" in err and "--hidden-size" not in err
+    weights, progress = read_backup(run_dir / BACKUP)
+    assert progress.global_step == 4 and weights["state_000"].shape[-1] == 32  # tiny's, as the run began
 
 
 def test_resume_keeps_the_saved_precision(tiny_config, tmp_path, bf16_units, capsys):

@@ -161,8 +161,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     strategy = choose_strategy(config.strategy)  # first: multi-worker setup must precede other TF work
     precision, fallback = effective_precision(config.precision)
     if fallback:  # bf16 on a CPU without bf16 units: config.json records the fp32 trained in
+        if config.fp32_fallback and not resume:  # a resumed run keeps its shape and schedule
+            config = dataclasses.replace(config, **config.fp32_fallback)
+            fallback += ", with " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.fp32_fallback.items()) \
+                + " (the preset's fp32 settings: fp32 does less work in the same time)"
         print(fallback, file=sys.stderr, flush=True)
-        config = dataclasses.replace(config, precision=precision)
+        config = dataclasses.replace(config, precision=precision, fp32_fallback={})
 
     import keras
     import tensorflow as tf
