@@ -32,6 +32,14 @@ def test_starting_mid_epoch_gives_the_same_later_batches():
     assert all((a == b).all() for a, b in zip(full[7:], later))
 
 
+def test_batches_run_without_the_tf_data_autotuner():
+    # With it, deleting an iterator read to its end sometimes waited up to a minute for the autotuner's thread
+    # (docs/results.md, 2026-12-03): the training loop did that twice an epoch, after its batches and validation's.
+    ids = np.arange(2000, dtype=np.int32)
+    assert stream_batches(ids, 4, 10).options().autotune.enabled is False
+    assert stream_batches(ids, 4, 10, start=7).options().autotune.enabled is False
+
+
 def test_corpus_chars_needed_is_the_exact_minimum():
     for batch, seq, fraction in [(8, 32, 0.1), (32, 128, 0.1), (3, 7, 0.5), (5, 11, 0.25)]:
         n = corpus_chars_needed(batch, seq, fraction)

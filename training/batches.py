@@ -63,4 +63,10 @@ def stream_batches(ids: np.ndarray, batch_size: int, seq_length: int, start: int
         y = streams[:, begin + 1: begin + seq_length + 1]  # (batch, time)
         return x, y
 
-    return tf.data.Dataset.range(start, n).map(window, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    # No autotuning: a window is one slice, nothing to tune, and with it on, TensorFlow 2.21 sometimes spends up to
+    # a minute deleting an iterator that has been read to its end, waiting for the autotuner's thread to wake
+    # (tf.data's Model::OptimizeLoop; docs/results.md, 2026-12-03): the training loop stood still that long
+    # after an epoch's last batch or before validation, in 13 of the 27 epochs of three `make train` runs.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return tf.data.Dataset.range(start, n).map(window).prefetch(2).with_options(options)
